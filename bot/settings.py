@@ -1,0 +1,99 @@
+"""Settings: one typed object built once at start-up from the environment and an optional ``.env``.
+
+Every setting is an environment variable of the same name (``DISCORD_TOKEN``, ``MODEL``, ...).
+``load_settings`` turns validation errors into a short message per problem; ``python -m bot``
+prints them and exits instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+TOKEN_HELP = (
+    "DISCORD_TOKEN is not set. Create an application at https://discord.com/developers/applications, "
+    "open Bot → Reset Token, and put DISCORD_TOKEN=<token> in .env"
+)
+
+
+class SettingsError(Exception):
+    """Settings are missing or invalid; ``str()`` is one line per problem, safe to print."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    discord_token: SecretStr = Field(description="The bot token from the Discord developer portal.")
+    discord_api_base: str | None = Field(
+        default=None, description="REST base URL, e.g. http://127.0.0.1:8080/api/v10 (a proxy or emulator)."
+    )
+    discord_gateway_url: str | None = Field(default=None, description="Gateway WebSocket URL override.")
+    discord_guild_id: int | None = Field(
+        default=None, description="Sync slash commands to this guild only (instant); else globally."
+    )
+    data_dir: Path = Field(default=Path("./data"), description="Holds the SQLite file and the images.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy async URL; default SQLite in DATA_DIR.")
+    model: str = Field(
+        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="Hub id, local diffusers folder, or a single .safetensors file.",
+    )
+    model_resolution: int = Field(default=512, ge=64, le=2048, description="Pixels of the 1:1 side.")
+    model_steps: int = Field(default=25, ge=1, le=150, description="Default denoising steps.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    admin_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    progress_edit_interval: float = Field(
+        default=1.5, ge=0.2, le=30, description="Seconds between progress edits of one message."
+    )
+    log_level: str = "INFO"
+
+    @field_validator("admin_user_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p for p in value.replace(";", ",").replace(" ", ",").split(",") if p]
+            try:
+                return frozenset(int(p) for p in parts)
+            except ValueError as exc:
+                raise ValueError("must be Discord user ids (numbers) separated by commas") from exc
+        return value
+
+    @field_validator("discord_token")
+    @classmethod
+    def _token_present(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError(TOKEN_HELP)
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'imaginebot.db').resolve()}"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (and ``.env``), raising ``SettingsError`` with clear lines."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(p) for p in error["loc"]).upper() or "settings"
+        if name == "DISCORD_TOKEN" and error["type"] == "missing":
+            lines.append(TOKEN_HELP)
+            continue
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(message if message == TOKEN_HELP else f"{name}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""Job rows and their transitions. Every state change is committed here before its side effects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from storage.db import Database
+from storage.models import Job, JobImage, JobTransition, User, utcnow
+from storage.states import TERMINAL_STATES, InvalidTransition, JobState, check_transition
+
+
+class JobNotFound(KeyError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    index: int
+    key: str
+    width: int
+    height: int
+    seed: int
+
+
+class JobRepository:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def ensure_user(self, user_id: int, name: str = "") -> User:
+        async with self.database.sessions() as session:
+            user = await session.get(User, user_id)
+            if user is None:
+                user = User(id=user_id, name=name)
+                session.add(user)
+                await session.commit()
+            return user
+
+    async def create(self, job: Job) -> Job:
+        """Insert a new job in DRAFT and record its first transition."""
+        job.state = JobState.DRAFT
+        async with self.database.sessions() as session:
+            session.add(job)
+            session.add(JobTransition(job_id=job.id, from_state=None, to_state=JobState.DRAFT))
+            await session.commit()
+            await session.refresh(job)
+        return job
+
+    async def get(self, job_id: str) -> Job:
+        async with self.database.sessions() as session:
+            job = await session.get(Job, job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            return job
+
+    async def find(self, job_id: str) -> Job | None:
+        try:
+            return await self.get(job_id)
+        except JobNotFound:
+            return None
+
+    async def transition(
+        self,
+        job_id: str,
+        target: JobState,
+        *,
+        note: str | None = None,
+        retry: bool = False,
+        **fields: Any,
+    ) -> Job:
+        """Move a job to ``target`` (checked against the state machine) and set ``fields`` atomically.
+
+        The UPDATE is conditional on the state we read, so two writers racing on one job cannot both
+        win; the loser gets ``InvalidTransition``.
+        """
+        async with self.database.sessions() as session:
+            job = await session.get(Job, job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            current = JobState(job.state)
+            check_transition(current, target, retry=retry)
+            now = utcnow()
+            values: dict[str, Any] = {"state": target, "updated_at": now, **fields}
+            attempts = job.attempts + 1 if retry else job.attempts
+            values["attempts"] = attempts
+            if target in TERMINAL_STATES:
+                values["finished_at"] = now
+            result = await session.execute(
+                update(Job).where(col(Job.id) == job_id, col(Job.state) == current).values(**values)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                await session.rollback()
+                raise InvalidTransition(f"job {job_id} changed state while moving {current} -> {target}")
+            session.add(
+                JobTransition(job_id=job_id, from_state=current, to_state=target, attempt=attempts, note=note)
+            )
+            await session.commit()
+        return await self.get(job_id)
+
+    async def update_fields(self, job_id: str, **fields: Any) -> None:
+        """Change non-state fields (message ids, engine name...)."""
+        if "state" in fields:
+            raise ValueError("use transition() to change a job's state")
+        async with self.database.sessions() as session:
+            await session.execute(
+                update(Job).where(col(Job.id) == job_id).values(updated_at=utcnow(), **fields)
+            )
+            await session.commit()
+
+    async def unfinished(self) -> Sequence[Job]:
+        """Jobs a previous process left behind, oldest first."""
+        async with self.database.sessions() as session:
+            statement = (
+                select(Job).where(col(Job.state).not_in(list(TERMINAL_STATES))).order_by(col(Job.created_at))
+            )
+            return (await session.exec(statement)).all()
+
+    async def transitions(self, job_id: str) -> Sequence[JobTransition]:
+        async with self.database.sessions() as session:
+            statement = (
+                select(JobTransition).where(JobTransition.job_id == job_id).order_by(col(JobTransition.id))
+            )
+            return (await session.exec(statement)).all()
+
+    async def replace_images(self, job_id: str, images: Sequence[StoredImage]) -> None:
+        """Record a job's result images; a retried store replaces the rows instead of doubling them."""
+        async with self.database.sessions() as session:
+            existing = (await session.exec(select(JobImage).where(JobImage.job_id == job_id))).all()
+            for row in existing:
+                await session.delete(row)
+            for image in images:
+                session.add(
+                    JobImage(
+                        job_id=job_id,
+                        index=image.index,
+                        key=image.key,
+                        width=image.width,
+                        height=image.height,
+                        seed=image.seed,
+                    )
+                )
+            await session.commit()
+
+    async def images(self, job_id: str) -> list[StoredImage]:
+        async with self.database.sessions() as session:
+            statement = select(JobImage).where(JobImage.job_id == job_id).order_by(col(JobImage.index))
+            rows = (await session.exec(statement)).all()
+        return [StoredImage(r.index, r.key, r.width, r.height, r.seed) for r in rows]

@@ -1,0 +1,107 @@
+"""The tables: users, jobs, the history of job transitions, and result images."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column
+from sqlmodel import Field, SQLModel
+
+from storage.states import JobState
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    """32 hex characters: short enough for a button's custom_id, unguessable, unique across databases."""
+    return uuid.uuid4().hex
+
+
+class JobKind:
+    """What a job does; stored as text so new kinds need no migration."""
+
+    IMAGINE = "imagine"  # a 2x2 grid from a prompt
+    UPSCALE = "upscale"  # U1–U4: one tile of a grid on its own, full resolution
+    VARIATION = "variation"  # V1–V4: four new images from one tile (img2img)
+    REROLL = "reroll"  # 🔄: the same prompt with a new seed
+
+    ALL = frozenset({IMAGINE, UPSCALE, VARIATION, REROLL})
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    name: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: str = Field(default_factory=new_job_id, primary_key=True, max_length=32)
+    user_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    kind: str = Field(default=JobKind.IMAGINE, index=True)
+    state: JobState = Field(default=JobState.DRAFT, index=True)
+    attempts: int = 0
+    error: str | None = None
+
+    # where: the Discord message that shows this job
+    guild_id: int | None = Field(default=None, sa_column=Column(BigInteger))
+    channel_id: int | None = Field(default=None, sa_column=Column(BigInteger))
+    message_id: int | None = Field(default=None, sa_column=Column(BigInteger))
+    application_id: int | None = Field(default=None, sa_column=Column(BigInteger))
+    interaction_token: str | None = None  # valid 15 minutes after interaction_at
+    interaction_at: datetime | None = None
+
+    # what
+    prompt: str = ""
+    negative_prompt: str = ""
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    parent_job_id: str | None = Field(default=None, foreign_key="jobs.id", max_length=32)
+    parent_index: int | None = None  # which tile of the parent (0-based)
+
+    # how
+    engine: str | None = None
+    model: str | None = None
+    width: int = 0
+    height: int = 0
+    steps: int = 0
+    seed: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+    priority: int = 0  # lower runs first
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class JobTransition(SQLModel, table=True):
+    """Append-only history of a job's states: gives timings per state and an audit trail."""
+
+    __tablename__ = "job_transitions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=32)
+    from_state: JobState | None = None
+    to_state: JobState
+    attempt: int = 0
+    note: str | None = None
+    at: datetime = Field(default_factory=utcnow)
+
+
+class JobImage(SQLModel, table=True):
+    """One result image of a job, stored under the key of its content hash."""
+
+    __tablename__ = "job_images"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=32)
+    index: int
+    key: str = Field(max_length=64)
+    width: int
+    height: int
+    seed: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
