@@ -54,8 +54,11 @@ _FORWARD: dict[JobState, frozenset[JobState]] = {
 }
 """The happy path. FAILED / TIMED_OUT / CANCELED are reachable from every non-terminal state."""
 
-RETRYABLE_STATES = frozenset({JobState.SUBMITTED, JobState.QUEUED, JobState.PROCESSING, JobState.GENERATED})
-"""States whose work lives only in memory: after a crash the job is queued again as a new attempt."""
+RETRYABLE_STATES = frozenset(
+    {JobState.SUBMITTED, JobState.QUEUED, JobState.PROCESSING, JobState.GENERATED, JobState.STORING}
+)
+"""States whose work lives only in memory: after a crash the job is queued again as a new attempt.
+(STORING only when none of its images had been recorded yet; otherwise it resumes publishing.)"""
 
 
 class InvalidTransition(Exception):

@@ -1,0 +1,301 @@
+"""The job lifecycle: create a job, run it on the engine, store and publish its result, recover after a crash.
+
+Each step commits the job's new state before doing what the state promises, so a process killed at any
+point leaves a row from which ``recover()`` can finish the job: work that lived only in memory is run
+again as a new attempt (same seed, so the same images), stored results are published again (an edit of
+the same message, so the user sees it once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import Protocol
+
+from PIL import Image
+
+from bot.prompt import ParsedPrompt
+from bot.scheduler import Scheduler
+from engine.base import (
+    MAX_SEED,
+    CancelToken,
+    Engine,
+    EngineCancelled,
+    EngineError,
+    GenerationRequest,
+    Operation,
+    ProgressUpdate,
+)
+from engine.seeds import tile_seeds
+from engine.sizes import size_for_aspect
+from storage.images import LocalImageStore
+from storage.jobs import JobRepository, StoredImage
+from storage.models import Job, JobKind
+from storage.states import InvalidTransition, JobState
+
+log = logging.getLogger(__name__)
+
+VARIATION_STRENGTH = 0.6
+"""img2img strength of V1–V4: keeps the composition, changes the details (Midjourney's "strong" is ~0.75)."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a job's Discord message lives and how to edit it."""
+
+    channel_id: int
+    guild_id: int | None = None
+    application_id: int | None = None
+    interaction_token: str | None = None
+    message_id: int | None = None
+
+
+class JobPresenter(Protocol):
+    """Shows a job to its user (the Discord side implements it; tests may record calls)."""
+
+    async def queued(self, job: Job, position: int | None) -> None: ...
+
+    def progress(self, job: Job, update: ProgressUpdate) -> None:
+        """Called for every engine step; must return at once (it throttles on its own)."""
+
+    async def succeeded(self, job: Job, images: list[StoredImage]) -> None:
+        """Post the result; raise to signal the result could not be posted."""
+
+    async def failed(self, job: Job, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    resolution: int
+    steps: int
+    model: str
+
+
+class JobService:
+    def __init__(
+        self,
+        repo: JobRepository,
+        store: LocalImageStore,
+        engine: Engine,
+        scheduler: Scheduler,
+        defaults: JobDefaults,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.repo = repo
+        self.store = store
+        self.engine = engine
+        self.scheduler = scheduler
+        self.defaults = defaults
+        self.presenter: JobPresenter | None = None
+        self._rng = rng or random.SystemRandom()
+        self._cancel_tokens: dict[str, CancelToken] = {}
+
+    # -- creating jobs -------------------------------------------------------------------------
+
+    async def submit_imagine(self, user_id: int, origin: Origin, parsed: ParsedPrompt, user_name: str = "") -> Job:
+        width, height = size_for_aspect(self.defaults.resolution, *parsed.aspect)
+        job = Job(
+            user_id=user_id,
+            kind=JobKind.IMAGINE,
+            prompt=parsed.text,
+            negative_prompt=parsed.negative,
+            params={"display": parsed.render(), "aspect": list(parsed.aspect)},
+            width=width,
+            height=height,
+            steps=parsed.steps or self.defaults.steps,
+            seed=parsed.seed if parsed.seed is not None else self._new_seed(),
+        )
+        return await self._submit(job, origin, user_name)
+
+    async def submit_child(self, parent: Job, kind: str, index: int | None, user_id: int, origin: Origin) -> Job:
+        """A job made from a button on ``parent``'s message: U (upscale), V (variation) or 🔄 (reroll)."""
+        if kind not in (JobKind.UPSCALE, JobKind.VARIATION, JobKind.REROLL):
+            raise ValueError(f"unknown child kind {kind}")
+        job = Job(
+            user_id=user_id,
+            kind=kind,
+            prompt=parent.prompt,
+            negative_prompt=parent.negative_prompt,
+            params=dict(parent.params),
+            parent_job_id=parent.id,
+            parent_index=index,
+            width=parent.width,
+            height=parent.height,
+            steps=parent.steps,
+            seed=self._new_seed(),
+        )
+        if kind == JobKind.UPSCALE and index is not None:
+            job.seed = tile_seeds(parent.seed, index + 1)[index]
+        return await self._submit(job, origin)
+
+    async def _submit(self, job: Job, origin: Origin, user_name: str = "") -> Job:
+        job.guild_id, job.channel_id, job.message_id = origin.guild_id, origin.channel_id, origin.message_id
+        job.application_id, job.interaction_token = origin.application_id, origin.interaction_token
+        job.model = self.defaults.model
+        await self.repo.ensure_user(job.user_id, user_name)
+        job = await self.repo.create(job)
+        job = await self.repo.transition(job.id, JobState.SUBMITTED)
+        return await self._enqueue(job)
+
+    async def _enqueue(self, job: Job) -> Job:
+        job = await self.repo.transition(job.id, JobState.QUEUED)
+        self.scheduler.submit(job.id, job.priority)
+        await self._present("queued", job, self.scheduler.position(job.id))
+        return job
+
+    def _new_seed(self) -> int:
+        return self._rng.randint(0, MAX_SEED)
+
+    # -- running jobs --------------------------------------------------------------------------
+
+    async def run(self, job_id: str) -> None:
+        """The scheduler's handler: one job from QUEUED to a terminal state."""
+        job = await self.repo.get(job_id)
+        if job.state != JobState.QUEUED:
+            return  # canceled (or finished by another path) while it waited
+        job = await self.repo.transition(job_id, JobState.PROCESSING, engine=self.engine.name)
+        token = self._cancel_tokens.setdefault(job_id, CancelToken())
+        try:
+            images = await self._generate(job, token)
+        except EngineCancelled:
+            await self._finish_unsuccessfully(job, JobState.CANCELED, "Canceled.")
+            return
+        except EngineError as error:
+            await self._finish_unsuccessfully(job, JobState.FAILED, str(error) or "The engine failed.")
+            return
+        except Exception:
+            log.exception("job %s: generation crashed", job_id)
+            await self._finish_unsuccessfully(job, JobState.FAILED, "Something went wrong while generating.")
+            return
+        finally:
+            self._cancel_tokens.pop(job_id, None)
+        job = await self.repo.transition(job_id, JobState.GENERATED)
+        await self._store_and_publish(job, images)
+
+    async def _generate(self, job: Job, token: CancelToken) -> list[Image.Image]:
+        if job.kind == JobKind.UPSCALE:
+            return [await self._parent_image(job)]
+        request = await self._request_for(job)
+
+        def on_progress(update: ProgressUpdate) -> None:
+            if self.presenter is not None:
+                self.presenter.progress(job, update)
+
+        return await self.engine.generate(request, on_progress, token)
+
+    async def _request_for(self, job: Job) -> GenerationRequest:
+        common = dict(
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            width=job.width,
+            height=job.height,
+            steps=job.steps,
+            seed=job.seed,
+        )
+        if job.kind == JobKind.VARIATION:
+            init = await self._parent_image(job)
+            return GenerationRequest(
+                **common, operation=Operation.IMG2IMG, init_image=init, strength=VARIATION_STRENGTH
+            )
+        return GenerationRequest(**common)
+
+    async def _parent_image(self, job: Job) -> Image.Image:
+        if job.parent_job_id is None or job.parent_index is None:
+            raise EngineError("This job has no source image.")
+        images = await self.repo.images(job.parent_job_id)
+        matching = [image for image in images if image.index == job.parent_index]
+        if not matching:
+            raise EngineError("The source image of this job no longer exists.")
+        return await self.store.get_image(matching[0].key)
+
+    async def _store_and_publish(self, job: Job, images: list[Image.Image]) -> None:
+        job = await self.repo.transition(job.id, JobState.STORING)
+        seeds = tile_seeds(job.seed, len(images))
+        stored = []
+        for index, image in enumerate(images):
+            key = await self.store.put_image(image)
+            stored.append(StoredImage(index, key, image.width, image.height, seeds[index]))
+        await self.repo.replace_images(job.id, stored)
+        await self._publish(job, stored)
+
+    async def _publish(self, job: Job, stored: list[StoredImage]) -> None:
+        try:
+            if self.presenter is not None:
+                await self.presenter.succeeded(job, stored)
+        except Exception:
+            log.exception("job %s: could not post the result", job.id)
+            job = await self.repo.transition(job.id, JobState.FAILED, error="Could not post the result.")
+            return
+        await self.repo.transition(job.id, JobState.SUCCEEDED)
+        log.info("job %s: succeeded", job.id)
+
+    async def _finish_unsuccessfully(self, job: Job, state: JobState, reason: str) -> None:
+        try:
+            job = await self.repo.transition(job.id, state, error=reason)
+        except InvalidTransition:
+            return  # someone else ended it first
+        log.info("job %s: %s (%s)", job.id, state, reason)
+        await self._present("failed", job, reason)
+
+    # -- canceling -----------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a waiting job at once, or a running one at its next denoising step."""
+        token = self._cancel_tokens.get(job_id)
+        if token is not None:
+            token.cancel()
+            return await self.repo.get(job_id)
+        self.scheduler.discard(job_id)
+        job = await self.repo.get(job_id)
+        if not JobState(job.state).terminal and job.state in (JobState.DRAFT, JobState.SUBMITTED, JobState.QUEUED):
+            await self._finish_unsuccessfully(job, JobState.CANCELED, "Canceled.")
+        return await self.repo.get(job_id)
+
+    # -- recovery after a restart --------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Finish or requeue every job a previous process left unfinished. Returns how many."""
+        jobs = await self.repo.unfinished()
+        for job in jobs:
+            try:
+                await self._recover_one(job)
+            except Exception:
+                log.exception("job %s: recovery failed", job.id)
+        return len(jobs)
+
+    async def _recover_one(self, job: Job) -> None:
+        state = JobState(job.state)
+        log.info("job %s: recovering from %s", job.id, state)
+        if state == JobState.STORING:
+            stored = await self.repo.images(job.id)
+            if stored:
+                await self._publish(job, stored)
+                return
+        if state == JobState.DRAFT:
+            job = await self.repo.transition(job.id, JobState.SUBMITTED, note="recovered")
+            state = JobState.SUBMITTED
+        if state == JobState.SUBMITTED:
+            await self._enqueue(job)
+            return
+        if state == JobState.QUEUED:
+            self.scheduler.submit(job.id, job.priority)
+            return
+        job = await self.repo.transition(job.id, JobState.QUEUED, retry=True, note="process restarted")
+        self.scheduler.submit(job.id, job.priority)
+
+    async def _present(self, event: str, job: Job, argument: object) -> None:
+        if self.presenter is None:
+            return
+        try:
+            await getattr(self.presenter, event)(job, argument)
+        except Exception:
+            log.warning("job %s: could not show %s", job.id, event, exc_info=True)
+
+    async def wait_idle(self, timeout: float = 30) -> None:
+        """Test helper: wait until nothing is queued or running."""
+        async with asyncio.timeout(timeout):
+            while self.scheduler.waiting or self.scheduler.running:
+                await asyncio.sleep(0.05)
