@@ -8,7 +8,6 @@ the same message, so the user sees it once).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from dataclasses import dataclass
@@ -95,7 +94,9 @@ class JobService:
 
     # -- creating jobs -------------------------------------------------------------------------
 
-    async def submit_imagine(self, user_id: int, origin: Origin, parsed: ParsedPrompt, user_name: str = "") -> Job:
+    async def submit_imagine(
+        self, user_id: int, origin: Origin, parsed: ParsedPrompt, user_name: str = ""
+    ) -> Job:
         width, height = size_for_aspect(self.defaults.resolution, *parsed.aspect)
         job = Job(
             user_id=user_id,
@@ -110,7 +111,9 @@ class JobService:
         )
         return await self._submit(job, origin, user_name)
 
-    async def submit_child(self, parent: Job, kind: str, index: int | None, user_id: int, origin: Origin) -> Job:
+    async def submit_child(
+        self, parent: Job, kind: str, index: int | None, user_id: int, origin: Origin
+    ) -> Job:
         """A job made from a button on ``parent``'s message: U (upscale), V (variation) or 🔄 (reroll)."""
         if kind not in (JobKind.UPSCALE, JobKind.VARIATION, JobKind.REROLL):
             raise ValueError(f"unknown child kind {kind}")
@@ -250,7 +253,11 @@ class JobService:
             return await self.repo.get(job_id)
         self.scheduler.discard(job_id)
         job = await self.repo.get(job_id)
-        if not JobState(job.state).terminal and job.state in (JobState.DRAFT, JobState.SUBMITTED, JobState.QUEUED):
+        if not JobState(job.state).terminal and job.state in (
+            JobState.DRAFT,
+            JobState.SUBMITTED,
+            JobState.QUEUED,
+        ):
             await self._finish_unsuccessfully(job, JobState.CANCELED, "Canceled.")
         return await self.repo.get(job_id)
 
@@ -293,9 +300,3 @@ class JobService:
             await getattr(self.presenter, event)(job, argument)
         except Exception:
             log.warning("job %s: could not show %s", job.id, event, exc_info=True)
-
-    async def wait_idle(self, timeout: float = 30) -> None:
-        """Test helper: wait until nothing is queued or running."""
-        async with asyncio.timeout(timeout):
-            while self.scheduler.waiting or self.scheduler.running:
-                await asyncio.sleep(0.05)

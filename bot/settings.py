@@ -8,11 +8,10 @@ prints them and exits instead of showing a traceback.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 TOKEN_HELP = (
     "DISCORD_TOKEN is not set. Create an application at https://discord.com/developers/applications, "
@@ -36,7 +35,9 @@ class Settings(BaseSettings):
         default=None, description="Sync slash commands to this guild only (instant); else globally."
     )
     data_dir: Path = Field(default=Path("./data"), description="Holds the SQLite file and the images.")
-    database_url: str | None = Field(default=None, description="SQLAlchemy async URL; default SQLite in DATA_DIR.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; default SQLite in DATA_DIR."
+    )
     model: str = Field(
         default="stable-diffusion-v1-5/stable-diffusion-v1-5",
         description="Hub id, local diffusers folder, or a single .safetensors file.",

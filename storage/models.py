@@ -55,8 +55,7 @@ class Job(SQLModel, table=True):
     channel_id: int | None = Field(default=None, sa_column=Column(BigInteger))
     message_id: int | None = Field(default=None, sa_column=Column(BigInteger))
     application_id: int | None = Field(default=None, sa_column=Column(BigInteger))
-    interaction_token: str | None = None  # valid 15 minutes after interaction_at
-    interaction_at: datetime | None = None
+    interaction_token: str | None = None  # valid 15 minutes after the interaction (≈ created_at)
 
     # what
     prompt: str = ""

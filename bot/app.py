@@ -1,0 +1,80 @@
+"""The bot assembled: discord.py client, database, image store, scheduler, job service and cogs."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord.ext import commands
+
+from bot.jobs import JobDefaults, JobService
+from bot.scheduler import Scheduler
+from bot.settings import Settings
+from engine.base import Engine
+from storage.db import Database
+from storage.images import LocalImageStore
+from storage.jobs import JobRepository
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.presenter", "cogs.imagine", "cogs.buttons")
+
+
+class ImagineBot(commands.Bot):
+    """Owns the services; cogs reach them as ``interaction.client.jobs`` etc."""
+
+    def __init__(self, settings: Settings, engine: Engine, *, guild_ready_timeout: float = 2.0) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True  # channels and roles; no privileged intents needed
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            guild_ready_timeout=guild_ready_timeout,
+            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+        )
+        self.settings = settings
+        self.engine = engine
+        self.scheduler = Scheduler()
+        self.database: Database | None = None
+        self.jobs: JobService
+
+    async def setup_hook(self) -> None:
+        self.database = await Database.open(self.settings.resolved_database_url)
+        self.jobs = JobService(
+            JobRepository(self.database),
+            LocalImageStore(self.settings.images_dir),
+            self.engine,
+            self.scheduler,
+            JobDefaults(self.settings.model_resolution, self.settings.model_steps, self.settings.model),
+        )
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self._sync_commands()
+        recovered = await self.jobs.recover()
+        if recovered:
+            log.info("recovered %d unfinished jobs", recovered)
+        self.scheduler.start(self.engine.slots, self.jobs.run)
+
+    async def _sync_commands(self) -> None:
+        if self.settings.discord_guild_id:
+            guild = discord.Object(id=self.settings.discord_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to guild %s", len(synced), guild.id)
+        else:
+            synced = await self.tree.sync()
+            log.info("synced %d global commands (they can take up to an hour to appear)", len(synced))
+
+    def is_admin(self, user: discord.abc.User) -> bool:
+        return user.id in self.settings.admin_user_ids
+
+    async def on_ready(self) -> None:
+        log.info(
+            "connected as %s (%s) to %d guilds", self.user, getattr(self.user, "id", "?"), len(self.guilds)
+        )
+
+    async def close(self) -> None:
+        await self.scheduler.stop()
+        await super().close()
+        if self.database is not None:
+            await self.database.close()

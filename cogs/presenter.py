@@ -1,0 +1,193 @@
+"""Shows jobs in Discord: the waiting text, throttled progress edits with previews, the result, failures.
+
+A job's message is edited through its interaction token (a webhook edit) while the token is young;
+after that, or if the message is gone, a normal channel message takes over and the job row is updated
+so later edits (and a restarted bot) use it. Edits of one job are serialized and only ever move
+forward (waiting → progress → final), so a slow progress edit can never overwrite the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum
+
+import discord
+from discord.ext import commands
+
+from bot.grid import encode_for_upload, make_grid
+from bot.throttle import ThrottledSender
+from cogs.buttons import result_view
+from engine.base import ProgressUpdate
+from storage.jobs import StoredImage
+from storage.models import Job, JobKind
+
+log = logging.getLogger(__name__)
+
+TOKEN_SAFE_AGE = timedelta(minutes=14)
+"""Interaction tokens die after 15 minutes; stop using one a minute before."""
+
+
+class Stage(IntEnum):
+    WAITING = 0
+    PROGRESS = 1
+    FINAL = 2
+
+
+@dataclass
+class _MessageState:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stage: Stage = Stage.WAITING
+    sender: ThrottledSender[ProgressUpdate] | None = None
+
+
+def headline(job: Job) -> str:
+    """``**prompt** - <@user>`` in Midjourney's wording for each kind of job."""
+    display = discord.utils.escape_mentions(
+        discord.utils.escape_markdown(job.params.get("display", job.prompt))
+    )
+    mention = f"<@{job.user_id}>"
+    if job.kind == JobKind.UPSCALE and job.parent_index is not None:
+        return f"**{display}** - Image #{job.parent_index + 1} {mention}"
+    if job.kind == JobKind.VARIATION:
+        return f"**{display}** - Variations by {mention}"
+    return f"**{display}** - {mention}"
+
+
+class DiscordPresenter:
+    def __init__(
+        self,
+        bot: commands.Bot,
+        edit_interval: float,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.bot = bot
+        self.edit_interval = edit_interval
+        self.now = now
+        self._messages: dict[str, _MessageState] = {}
+
+    # -- JobPresenter ----------------------------------------------------------------------------
+
+    async def queued(self, job: Job, position: int | None) -> None:
+        where = f" · {position} in line" if position and position > 1 else ""
+        await self._edit(job, Stage.WAITING, content=f"{headline(job)} (Waiting to start{where})")
+
+    def progress(self, job: Job, update: ProgressUpdate) -> None:
+        state = self._state(job.id)
+        if state.stage == Stage.FINAL:
+            return
+        if state.sender is None:
+            state.sender = ThrottledSender(lambda u: self._show_progress(job, u), self.edit_interval)
+        state.sender.offer(update)
+
+    async def succeeded(self, job: Job, images: list[StoredImage]) -> None:
+        await self._stop_progress(job.id)
+        pictures = [await self.bot.jobs.store.get_image(image.key) for image in images]  # type: ignore[attr-defined]
+        picture = pictures[0] if len(pictures) == 1 else make_grid(pictures)
+        data, extension = await asyncio.to_thread(encode_for_upload, picture)
+        name = f"{job.id}.{extension}"
+        await self._edit(
+            job,
+            Stage.FINAL,
+            content=f"{headline(job)} (fast)" if len(images) > 1 else headline(job),
+            file=discord.File(io.BytesIO(data), filename=name),
+            view=result_view(job, len(images)),
+        )
+        self._messages.pop(job.id, None)
+
+    async def failed(self, job: Job, reason: str) -> None:
+        await self._stop_progress(job.id)
+        await self._edit(job, Stage.FINAL, content=f"{headline(job)} — ❌ {reason}", clear_files=True)
+        self._messages.pop(job.id, None)
+
+    # -- editing ---------------------------------------------------------------------------------
+
+    async def _show_progress(self, job: Job, update: ProgressUpdate) -> None:
+        percent = int(100 * update.step / max(1, update.total))
+        file = None
+        if update.preview:
+            file = discord.File(io.BytesIO(update.preview), filename="preview.jpg")
+        await self._edit(job, Stage.PROGRESS, content=f"{headline(job)} ({percent}%) (fast)", file=file)
+
+    async def _stop_progress(self, job_id: str) -> None:
+        state = self._state(job_id)
+        sender, state.sender = state.sender, None
+        if sender is not None:
+            await sender.close()
+
+    def _state(self, job_id: str) -> _MessageState:
+        return self._messages.setdefault(job_id, _MessageState())
+
+    async def _edit(
+        self,
+        job: Job,
+        stage: Stage,
+        *,
+        content: str,
+        file: discord.File | None = None,
+        view: discord.ui.View | None = None,
+        clear_files: bool = False,
+    ) -> None:
+        state = self._state(job.id)
+        async with state.lock:
+            if stage < state.stage:
+                return  # the message has moved on; never go back
+            state.stage = stage
+            attachments = [file] if file is not None else ([] if clear_files else discord.utils.MISSING)
+            fresh = await self.bot.jobs.repo.get(job.id)  # type: ignore[attr-defined]
+            started = time.perf_counter()
+            try:
+                await self._edit_existing(fresh, content, attachments, view)
+            except (discord.NotFound, _TokenTooOld):
+                await self._replace_with_channel_message(fresh, content, file, view)
+            log.debug("job %s: edit %s took %.3fs", job.id, stage.name, time.perf_counter() - started)
+
+    async def _edit_existing(self, job: Job, content: str, attachments: object, view: object) -> None:
+        view_arg = view if view is not None else discord.utils.MISSING
+        if job.interaction_token and job.message_id:
+            if job.created_at and self.now() - _aware(job.created_at) > TOKEN_SAFE_AGE:
+                raise _TokenTooOld
+            webhook = discord.Webhook.partial(job.application_id or 0, job.interaction_token, client=self.bot)
+            await webhook.edit_message(
+                job.message_id, content=content, attachments=attachments, view=view_arg
+            )
+            return
+        if job.message_id and job.channel_id:
+            message = self.bot.get_partial_messageable(job.channel_id).get_partial_message(job.message_id)
+            await message.edit(content=content, attachments=attachments, view=view_arg)
+            return
+        raise _TokenTooOld
+
+    async def _replace_with_channel_message(
+        self, job: Job, content: str, file: discord.File | None, view: discord.ui.View | None
+    ) -> None:
+        if not job.channel_id:
+            raise RuntimeError(f"job {job.id} has no channel to post in")
+        if file is not None:
+            file.reset()
+        channel = self.bot.get_partial_messageable(job.channel_id)
+        kwargs: dict[str, object] = {"content": content}
+        if file is not None:
+            kwargs["file"] = file
+        if view is not None:
+            kwargs["view"] = view
+        message = await channel.send(**kwargs)  # type: ignore[arg-type]
+        await self.bot.jobs.repo.update_fields(job.id, message_id=message.id, interaction_token=None)  # type: ignore[attr-defined]
+
+
+class _TokenTooOld(Exception):
+    """The interaction token is (nearly) expired: edits must go through a channel message."""
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def setup(bot: commands.Bot) -> None:
+    bot.jobs.presenter = DiscordPresenter(bot, bot.settings.progress_edit_interval)  # type: ignore[attr-defined]
