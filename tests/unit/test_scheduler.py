@@ -1,0 +1,80 @@
+import asyncio
+
+from bot.scheduler import Scheduler
+
+
+async def test_runs_in_priority_then_arrival_order():
+    scheduler = Scheduler()
+    started: list[str] = []
+    gate = asyncio.Event()
+
+    async def handler(job_id: str) -> None:
+        started.append(job_id)
+        await gate.wait()
+
+    scheduler.submit("first", priority=5)
+    scheduler.start(1, handler)
+    await asyncio.sleep(0.01)  # "first" is running; the rest queue behind it
+    for job_id, priority in [("low-a", 5), ("high", 1), ("low-b", 5)]:
+        scheduler.submit(job_id, priority)
+    assert [scheduler.position(j) for j in ("high", "low-a", "low-b")] == [1, 2, 3]
+    assert scheduler.position("first") is None
+    gate.set()
+    await asyncio.sleep(0.05)
+    await scheduler.stop()
+    assert started == ["first", "high", "low-a", "low-b"]
+
+
+async def test_duplicate_submit_and_discard():
+    scheduler = Scheduler()
+    ran: list[str] = []
+
+    async def handler(job_id: str) -> None:
+        ran.append(job_id)
+
+    scheduler.submit("a")
+    scheduler.submit("a")
+    scheduler.submit("b")
+    scheduler.discard("b")
+    assert scheduler.waiting == 1
+    scheduler.start(2, handler)
+    await asyncio.sleep(0.05)
+    await scheduler.stop()
+    assert ran == ["a"]
+
+
+async def test_a_crashing_handler_does_not_kill_the_worker():
+    scheduler = Scheduler()
+    ran: list[str] = []
+
+    async def handler(job_id: str) -> None:
+        ran.append(job_id)
+        if job_id == "bad":
+            raise RuntimeError("boom")
+
+    scheduler.submit("bad")
+    scheduler.submit("good")
+    scheduler.start(1, handler)
+    await asyncio.sleep(0.05)
+    await scheduler.stop()
+    assert ran == ["bad", "good"]
+
+
+async def test_workers_share_slots():
+    scheduler = Scheduler()
+    running = 0
+    peak = 0
+
+    async def handler(job_id: str) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+
+    for i in range(6):
+        scheduler.submit(str(i))
+    scheduler.start(2, handler)
+    await asyncio.sleep(0.2)
+    await scheduler.stop()
+    assert peak == 2 and scheduler.waiting == 0
