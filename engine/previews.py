@@ -98,6 +98,7 @@ class X0Capture:
     def __init__(self, scheduler: Any) -> None:
         self.x0: torch.Tensor | None = None
         original = scheduler.step
+        self._own_step = "step" in vars(scheduler)  # already wrapped on the instance by someone else
 
         def step(*args: Any, **kwargs: Any) -> Any:
             output = original(*args, **kwargs)
@@ -113,7 +114,10 @@ class X0Capture:
 
     def detach(self) -> None:
         """Restore the scheduler's own ``step``."""
-        self._scheduler.step = self._original
+        if self._own_step:
+            self._scheduler.step = self._original
+        else:
+            del self._scheduler.step
 
 
 def _pred_original(output: Any) -> torch.Tensor | None:
