@@ -1,0 +1,30 @@
+"""A Discord API emulator (REST + gateway) that real, unmodified discord.py 2.7.1 talks to.
+
+Start it, point discord.py at it (``point_discord_py_at``), run a bot, then drive users (``invoke_slash``,
+``click``, ``submit_modal``) and inspect what the bot did (``messages``, ``violations``, ``requests``).
+"""
+
+from .clock import EmulatorClock, snowflake_time
+from .emulator import CommandNotSynced, DiscordEmulator
+from .errors import APIError
+from .fixtures import point_discord_py_at
+from .ratelimit import Fault
+from .records import EPHEMERAL, LOADING, Attachment, Interaction, Message, RateLimitHit, RequestRecord, User
+
+__all__ = [
+    "APIError",
+    "Attachment",
+    "CommandNotSynced",
+    "DiscordEmulator",
+    "EPHEMERAL",
+    "EmulatorClock",
+    "Fault",
+    "Interaction",
+    "LOADING",
+    "Message",
+    "RateLimitHit",
+    "RequestRecord",
+    "User",
+    "point_discord_py_at",
+    "snowflake_time",
+]
