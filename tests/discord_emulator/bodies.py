@@ -58,7 +58,9 @@ def _loads(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except ValueError:
-        raise APIError(400, 50109, "The request body contains invalid JSON.", rule="body is not valid JSON") from None
+        raise APIError(
+            400, 50109, "The request body contains invalid JSON.", rule="body is not valid JSON"
+        ) from None
     if not isinstance(data, dict):
         raise APIError(400, 50035, "Invalid Form Body", rule="body is not a JSON object")
     return data

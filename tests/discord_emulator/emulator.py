@@ -1,3 +1,4 @@
+# ruff: noqa: ASYNC109  (tests call these with timeout=..., as asyncio.wait_for does)
 """``DiscordEmulator``: the state of one fake Discord (a bot, a guild, a channel, users) and its test API."""
 
 from __future__ import annotations
@@ -32,8 +33,14 @@ class CommandNotSynced(LookupError):
 class DiscordEmulator:
     """A local Discord (REST + gateway) for real, unmodified discord.py 2.7.1."""
 
-    def __init__(self, bot_token: str = "test-token", guild_name: str = "Emu Guild", *, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+    def __init__(
+        self,
+        bot_token: str = "test-token",
+        guild_name: str = "Emu Guild",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self.bot_token = bot_token
         self.guild_name = guild_name
         self.host = host
@@ -128,15 +135,22 @@ class DiscordEmulator:
         self.clock.advance(seconds)
         self._notify()
 
-    def force_429(self, method: str | None = None, path_contains: str = "", count: int = 1,
-                  retry_after: float = 0.3, is_global: bool = False) -> Fault:
+    def force_429(
+        self,
+        method: str | None = None,
+        path_contains: str = "",
+        count: int = 1,
+        retry_after: float = 0.3,
+        is_global: bool = False,
+    ) -> Fault:
         """Answer the next ``count`` matching requests with a proper 429 (not a violation)."""
         fault = Fault(429, method, path_contains, count, retry_after=retry_after, is_global=is_global)
         self._faults.append(fault)
         return fault
 
-    def force_status(self, status: int = 500, method: str | None = None, path_contains: str = "",
-                     count: int = 1) -> Fault:
+    def force_status(
+        self, status: int = 500, method: str | None = None, path_contains: str = "", count: int = 1
+    ) -> Fault:
         """Answer the next ``count`` matching requests with ``status`` (e.g. a 5xx)."""
         fault = Fault(status, method, path_contains, count)
         self._faults.append(fault)
@@ -147,16 +161,24 @@ class DiscordEmulator:
         session = await self.gateway.send_reconnect()
         before = session.resumes
         if wait:
-            await self.wait_for(lambda: session.resumes > before and session.connected, timeout,
-                                what="the bot to RESUME after op 7")
+            await self.wait_for(
+                lambda: session.resumes > before and session.connected,
+                timeout,
+                what="the bot to RESUME after op 7",
+            )
 
     # -- waiting -------------------------------------------------------------------------------------------
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait_for(self, predicate: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0,
-                       *, what: str | None = None) -> Any:
+    async def wait_for(
+        self,
+        predicate: Callable[[], Any | Awaitable[Any]],
+        timeout: float = 10.0,
+        *,
+        what: str | None = None,
+    ) -> Any:
         """Wait until ``predicate()`` (sync or async) is truthy; re-checked on every state change."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -178,7 +200,9 @@ class DiscordEmulator:
         """Wait until a bot identified and was sent READY and GUILD_CREATE."""
         await self.wait_for(lambda: self.gateway.connected, timeout, what="a bot to IDENTIFY on the gateway")
 
-    async def wait_for_commands(self, names: Iterable[str], timeout: float = 10.0) -> dict[str, dict[str, Any]]:
+    async def wait_for_commands(
+        self, names: Iterable[str], timeout: float = 10.0
+    ) -> dict[str, dict[str, Any]]:
         """Wait until every command name is synced in some scope; return them by name."""
         wanted = set(names)
 
@@ -192,7 +216,8 @@ class DiscordEmulator:
     def messages(self, channel_id: int | None = None, *, include_deleted: bool = True) -> list[Message]:
         """Messages in creation order (all channels when ``channel_id`` is None)."""
         return [
-            m for m in self._messages.values()
+            m
+            for m in self._messages.values()
             if (channel_id is None or m.channel_id == channel_id) and (include_deleted or not m.deleted)
         ]
 
@@ -208,7 +233,9 @@ class DiscordEmulator:
 
     def assert_clean(self) -> None:
         """Raise AssertionError listing protocol violations and unhandled routes, if any."""
-        problems = [f"violation: {v}" for v in self.violations] + [f"unhandled route: {u}" for u in self.unhandled]
+        problems = [f"violation: {v}" for v in self.violations] + [
+            f"unhandled route: {u}" for u in self.unhandled
+        ]
         if problems:
             raise AssertionError("Discord emulator recorded problems:\n  " + "\n  ".join(problems))
 
@@ -218,8 +245,13 @@ class DiscordEmulator:
             for cmd in self.commands.get(scope, []):
                 if cmd["name"] == name and cmd.get("type", 1) == 1:
                     return cmd, scope
-        synced = {("global" if s is None else f"guild {s}"): [c["name"] for c in cs] for s, cs in self.commands.items()}
-        raise CommandNotSynced(f"slash command {name!r} was not synced by the bot; synced: {synced or 'nothing'}")
+        synced = {
+            ("global" if s is None else f"guild {s}"): [c["name"] for c in cs]
+            for s, cs in self.commands.items()
+        }
+        raise CommandNotSynced(
+            f"slash command {name!r} was not synced by the bot; synced: {synced or 'nothing'}"
+        )
 
     def _new_interaction(self, itype: int, user: User | None, message_id: int | None = None) -> Interaction:
         ix = Interaction(
@@ -236,19 +268,30 @@ class DiscordEmulator:
         self._by_token[ix.token] = ix
         return ix
 
-    async def _dispatch_interaction(self, ix: Interaction, data: dict[str, Any], connect_timeout: float) -> Interaction:
+    async def _dispatch_interaction(
+        self, ix: Interaction, data: dict[str, Any], connect_timeout: float
+    ) -> Interaction:
         if not self.gateway.connected:
-            await self.wait_for(lambda: self.gateway.connected, connect_timeout,
-                                what="a bot connected to the gateway (needed to deliver the interaction)")
+            await self.wait_for(
+                lambda: self.gateway.connected,
+                connect_timeout,
+                what="a bot connected to the gateway (needed to deliver the interaction)",
+            )
         ix.created_at = self.clock.now()
         ix.payload = self.payloads.interaction(ix, data)
         await self.gateway.dispatch("INTERACTION_CREATE", ix.payload)
         self._notify()
         return ix
 
-    async def invoke_slash(self, name: str, options: dict[str, Any] | None = None, *, user: User | None = None,
-                           attachments: dict[str, tuple[str, bytes]] | None = None,
-                           connect_timeout: float = 5.0) -> Interaction:
+    async def invoke_slash(
+        self,
+        name: str,
+        options: dict[str, Any] | None = None,
+        *,
+        user: User | None = None,
+        attachments: dict[str, tuple[str, bytes]] | None = None,
+        connect_timeout: float = 5.0,
+    ) -> Interaction:
         """Dispatch INTERACTION_CREATE type 2 for a synced slash command.
 
         ``name`` may hold subcommands (``"admin tier"``). ``options`` maps option names to values (a ``User`` or an
@@ -287,8 +330,9 @@ class DiscordEmulator:
         ix = self._new_interaction(2, user)
         return await self._dispatch_interaction(ix, data, connect_timeout)
 
-    def _option(self, defs: list[dict[str, Any]], name: str, value: Any, resolved: dict[str, dict[str, Any]]
-                ) -> dict[str, Any]:
+    def _option(
+        self, defs: list[dict[str, Any]], name: str, value: Any, resolved: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
         spec = next((o for o in defs if o["name"] == name), None)
         if spec is None:
             raise ValueError(f"unknown option {name!r}; the command has {[o['name'] for o in defs]}")
@@ -303,8 +347,15 @@ class DiscordEmulator:
 
             ctype = mimetypes.guess_type(filename)[0] or ctype
             size = image_size(data)
-            att = Attachment(upload_id, filename, ctype, bytes(data), f"{self.base_url}/attachments/{upload_id}/{filename}",
-                             width=size[0] if size else None, height=size[1] if size else None)
+            att = Attachment(
+                upload_id,
+                filename,
+                ctype,
+                bytes(data),
+                f"{self.base_url}/attachments/{upload_id}/{filename}",
+                width=size[0] if size else None,
+                height=size[1] if size else None,
+            )
             self._attachments[att.id] = att
             resolved.setdefault("attachments", {})[str(att.id)] = att.to_json()
             value = str(att.id)
@@ -325,15 +376,24 @@ class DiscordEmulator:
             value = bool(value)
         return {"name": name, "type": otype, "value": value}
 
-    async def click(self, message_id: int, custom_id: str, *, user: User | None = None,
-                    values: list[str] | None = None, connect_timeout: float = 5.0) -> Interaction:
+    async def click(
+        self,
+        message_id: int,
+        custom_id: str,
+        *,
+        user: User | None = None,
+        values: list[str] | None = None,
+        connect_timeout: float = 5.0,
+    ) -> Interaction:
         """Dispatch INTERACTION_CREATE type 3 for a component on a message (with the full current message)."""
         msg = self._messages.get(message_id)
         if msg is None or msg.deleted:
             raise LookupError(f"message {message_id} does not exist (or was deleted)")
         component = _find_component(msg.components, custom_id)
         if component is None:
-            raise LookupError(f"message {message_id} has no component {custom_id!r}; it has {msg.custom_ids()}")
+            raise LookupError(
+                f"message {message_id} has no component {custom_id!r}; it has {msg.custom_ids()}"
+            )
         if component.get("disabled"):
             raise ValueError(f"component {custom_id!r} is disabled; a user cannot use it")
         data: dict[str, Any] = {"custom_id": custom_id, "component_type": component.get("type", 2)}
@@ -342,8 +402,14 @@ class DiscordEmulator:
         ix = self._new_interaction(3, user, message_id=message_id)
         return await self._dispatch_interaction(ix, data, connect_timeout)
 
-    async def submit_modal(self, modal_interaction: Interaction, values: dict[str, str], *, user: User | None = None,
-                           connect_timeout: float = 5.0) -> Interaction:
+    async def submit_modal(
+        self,
+        modal_interaction: Interaction,
+        values: dict[str, str],
+        *,
+        user: User | None = None,
+        connect_timeout: float = 5.0,
+    ) -> Interaction:
         """Dispatch INTERACTION_CREATE type 5 answering the modal the bot sent to ``modal_interaction``."""
         modal = modal_interaction.modal
         if modal is None:
@@ -351,16 +417,32 @@ class DiscordEmulator:
         components: list[dict[str, Any]] = []
         for item in modal.get("components", []):
             if item.get("type") == 1:
-                inner = [{"type": c.get("type", 4), "custom_id": c["custom_id"], "value": values.get(c["custom_id"], "")}
-                         for c in item.get("components", []) if "custom_id" in c]
+                inner = [
+                    {
+                        "type": c.get("type", 4),
+                        "custom_id": c["custom_id"],
+                        "value": values.get(c["custom_id"], ""),
+                    }
+                    for c in item.get("components", [])
+                    if "custom_id" in c
+                ]
                 components.append({"type": 1, "components": inner})
             elif item.get("type") == 18 and isinstance(item.get("component"), dict):
                 c = item["component"]
-                components.append({"type": 18, "component": {"type": c.get("type", 4), "custom_id": c["custom_id"],
-                                                              "value": values.get(c["custom_id"], "")}})
+                components.append(
+                    {
+                        "type": 18,
+                        "component": {
+                            "type": c.get("type", 4),
+                            "custom_id": c["custom_id"],
+                            "value": values.get(c["custom_id"], ""),
+                        },
+                    }
+                )
         data = {"custom_id": modal["custom_id"], "components": components}
-        ix = self._new_interaction(5, user or self._users[modal_interaction.user_id],
-                                   message_id=modal_interaction.message_id)
+        ix = self._new_interaction(
+            5, user or self._users[modal_interaction.user_id], message_id=modal_interaction.message_id
+        )
         return await self._dispatch_interaction(ix, data, connect_timeout)
 
     # -- message state (used by the REST handlers) ---------------------------------------------------------
@@ -394,7 +476,8 @@ class DiscordEmulator:
         self._notify()
         if not msg.ephemeral:
             await self.gateway.dispatch(
-                "MESSAGE_DELETE", {"id": str(msg.id), "channel_id": str(msg.channel_id), "guild_id": str(self.guild_id)}
+                "MESSAGE_DELETE",
+                {"id": str(msg.id), "channel_id": str(msg.channel_id), "guild_id": str(self.guild_id)},
             )
 
     # -- HTTP plumbing -------------------------------------------------------------------------------------
@@ -426,13 +509,14 @@ class DiscordEmulator:
         return self._json(body, 429, hdrs)
 
     @web.middleware
-    async def _middleware(self, request: web.Request,
-                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if request.path == "/ws":
             return await handler(request)
         method, path = request.method, request.path
         route = f"{method} {path}"
-        api_path = path[len(API_PREFIX):] if path.startswith(API_PREFIX + "/") else None
+        api_path = path[len(API_PREFIX) :] if path.startswith(API_PREFIX + "/") else None
         extra: dict[str, str] = {}
         try:
             if api_path is None:
@@ -443,19 +527,32 @@ class DiscordEmulator:
                     hdrs["X-RateLimit-Scope"] = "user"
                     response = self._rate_limited(fault.retry_after, fault.is_global, hdrs)
                 else:
-                    response = self._json({"code": 0, "message": f"{fault.status}: injected by the emulator"},
-                                          fault.status)
+                    response = self._json(
+                        {"code": 0, "message": f"{fault.status}: injected by the emulator"}, fault.status
+                    )
             else:
                 needs_bot_auth = not api_path.startswith(("/interactions/", "/webhooks/"))
                 authorized = request.headers.get("Authorization") == f"Bot {self.bot_token}"
                 if needs_bot_auth and not authorized:
-                    raise APIError(401, 0, "401: Unauthorized",
-                                   rule="missing or wrong 'Authorization: Bot <token>' header")
+                    raise APIError(
+                        401,
+                        0,
+                        "401: Unauthorized",
+                        rule="missing or wrong 'Authorization: Bot <token>' header",
+                    )
                 decision = self.limiter.check(method, api_path, authorized_bot=authorized)
                 extra = dict(decision.headers) | {"Via": "1.1 google"}
                 if not decision.allowed:
-                    self.rate_limit_hits.append(RateLimitHit(self.clock.now(), method, path, decision.bucket,
-                                                             decision.retry_after, decision.is_global))
+                    self.rate_limit_hits.append(
+                        RateLimitHit(
+                            self.clock.now(),
+                            method,
+                            path,
+                            decision.bucket,
+                            decision.retry_after,
+                            decision.is_global,
+                        )
+                    )
                     response = self._rate_limited(decision.retry_after, decision.is_global, decision.headers)
                 else:
                     response = await handler(request)
@@ -470,8 +567,11 @@ class DiscordEmulator:
         if response.status in (401, 403, 429):
             self.invalid_requests += 1
             if self.limiter.count_invalid() == INVALID_REQUEST_LIMIT:
-                self._violation(route, f"{INVALID_REQUEST_LIMIT} invalid (401/403/429) requests in 10 minutes: "
-                                       "Discord would ban this IP")
+                self._violation(
+                    route,
+                    f"{INVALID_REQUEST_LIMIT} invalid (401/403/429) requests in 10 minutes: "
+                    "Discord would ban this IP",
+                )
         self._notify()
         return response
 

@@ -52,7 +52,9 @@ def resolve_attachments(
             try:
                 ref = int(raw_id)
             except (TypeError, ValueError):
-                raise APIError(400, 50035, "Invalid Form Body", rule=f"attachment entry with bad id {raw_id!r}") from None
+                raise APIError(
+                    400, 50035, "Invalid Form Body", rule=f"attachment entry with bad id {raw_id!r}"
+                ) from None
             if ref in current:
                 kept.append(current[ref])
             elif ref in by_index:
@@ -62,7 +64,9 @@ def resolve_attachments(
                 new.append(att)
             else:
                 raise APIError(
-                    400, 50035, "Invalid Form Body",
+                    400,
+                    50035,
+                    "Invalid Form Body",
                     rule=f"attachments[] refers to id {ref}, neither an existing attachment nor an uploaded files[n]",
                 )
         result = kept

@@ -166,4 +166,6 @@ class Fault:
     hits: list[str] = field(default_factory=list)
 
     def matches(self, method: str, path: str) -> bool:
-        return self.count > 0 and (self.method is None or self.method == method) and self.path_contains in path
+        return (
+            self.count > 0 and (self.method is None or self.method == method) and self.path_contains in path
+        )

@@ -1,3 +1,4 @@
+# ruff: noqa: ASYNC109  (tests call these with timeout=..., as asyncio.wait_for does)
 """Plain records of what the emulator holds: users, attachments, messages, interactions, requests."""
 
 from __future__ import annotations

@@ -85,7 +85,12 @@ class RestAPI:
             {
                 "url": self.emu.gateway_url,
                 "shards": 1,
-                "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1},
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 999,
+                    "reset_after": 0,
+                    "max_concurrency": 1,
+                },
             }
         )
 
@@ -155,7 +160,11 @@ class RestAPI:
     # -- interaction callbacks -----------------------------------------------------------------------------
     async def interaction_callback(self, request: web.Request) -> web.Response:
         emu = self.emu
-        ix = emu._interactions.get(int(request.match_info["iid"])) if request.match_info["iid"].isdigit() else None
+        ix = (
+            emu._interactions.get(int(request.match_info["iid"]))
+            if request.match_info["iid"].isdigit()
+            else None
+        )
         if ix is None or ix.token != request.match_info["token"]:
             raise unknown_interaction("callback for an unknown interaction id/token")
         payload, uploads = await read_body(request)
@@ -164,7 +173,9 @@ class RestAPI:
         if ix.responses:
             ix.rejected.append(f"type {ctype}: already acknowledged")
             raise APIError(
-                400, 40060, "Interaction has already been acknowledged.",
+                400,
+                40060,
+                "Interaction has already been acknowledged.",
                 rule=f"second acknowledgement (type {ctype}) of interaction {ix.id}; first was type {ix.responses[0]}",
             )
         if age > ACK_DEADLINE:
@@ -187,7 +198,9 @@ class RestAPI:
         elif ctype in (6, 7):
             if ix.message_id is None:
                 raise APIError(
-                    400, 50035, "Invalid Form Body",
+                    400,
+                    50035,
+                    "Invalid Form Body",
                     rule=f"callback type {ctype} (update message) for an interaction without a message",
                 )
             ix.response_message_id = ix.message_id
@@ -201,7 +214,9 @@ class RestAPI:
             self._validate_modal(data)
             ix.modal = data
         else:
-            raise APIError(400, 50035, "Invalid Form Body", rule=f"unsupported interaction callback type {ctype!r}")
+            raise APIError(
+                400, 50035, "Invalid Form Body", rule=f"unsupported interaction callback type {ctype!r}"
+            )
         ix.responses.append(int(ctype))
         ix._acked.set()
         emu._notify()
@@ -239,7 +254,9 @@ class RestAPI:
         emu = self.emu
         route = f"{request.method} {request.path}"
         if request.match_info["app"] != str(emu.application_id):
-            raise APIError(404, 10015, "Unknown Webhook", rule=f"webhook id is not the application id ({route})")
+            raise APIError(
+                404, 10015, "Unknown Webhook", rule=f"webhook id is not the application id ({route})"
+            )
         ix = emu._by_token.get(request.match_info["token"])
         if ix is None:
             raise invalid_webhook_token("unknown interaction token")
@@ -295,7 +312,10 @@ class RestAPI:
         ix = self._webhook_interaction(request)
         if not ix.responses:
             raise APIError(
-                404, 10015, "Unknown Webhook", rule=f"follow-up for interaction {ix.id} sent before acknowledging it"
+                404,
+                10015,
+                "Unknown Webhook",
+                rule=f"follow-up for interaction {ix.id} sent before acknowledging it",
             )
         payload, uploads = await read_body(request)
         original = emu._messages.get(ix.response_message_id or 0)
@@ -339,7 +359,11 @@ class RestAPI:
     async def list_messages(self, request: web.Request) -> web.Response:
         cid = self._channel(request)
         limit = min(100, max(1, int(request.query.get("limit", "50"))))
-        msgs = [m for m in self.emu._messages.values() if m.channel_id == cid and not m.deleted and not m.ephemeral]
+        msgs = [
+            m
+            for m in self.emu._messages.values()
+            if m.channel_id == cid and not m.deleted and not m.ephemeral
+        ]
         if "before" in request.query:
             msgs = [m for m in msgs if m.id < int(request.query["before"])]
         if "after" in request.query:
@@ -379,7 +403,9 @@ class RestAPI:
         msg = self._channel_message(request)
         if msg.author_id != emu.bot_user_id:
             raise APIError(
-                403, 50005, "Cannot edit a message authored by another user",
+                403,
+                50005,
+                "Cannot edit a message authored by another user",
                 rule=f"edit of message {msg.id} authored by user {msg.author_id}",
             )
         payload, uploads = await read_body(request)

@@ -170,7 +170,9 @@ async def test_double_acknowledgement_is_refused(emu: DiscordEmulator) -> None:
         await interaction.response.defer()
         adapter = async_context.get()
         await adapter.create_interaction_response(
-            interaction.id, interaction.token, session=interaction._session,
+            interaction.id,
+            interaction.token,
+            session=interaction._session,
             params=interaction_response_params(type=5),
         )
 
@@ -213,7 +215,11 @@ async def test_message_limits_are_enforced(emu: DiscordEmulator) -> None:
             return {"type": 2, "style": 1, "label": label, "custom_id": cid}
 
         bad_bodies = {
-            "rows": {"components": [{"type": 1, "components": [button(f"{r}-{i}") for i in range(5)]} for r in range(6)]},
+            "rows": {
+                "components": [
+                    {"type": 1, "components": [button(f"{r}-{i}") for i in range(5)]} for r in range(6)
+                ]
+            },
             "duplicate": {"components": [{"type": 1, "components": [button("same"), button("same")]}]},
             "long id": {"components": [{"type": 1, "components": [button("x" * 101)]}]},
             "label": {"components": [{"type": 1, "components": [button("ok", "L" * 81)]}]},
@@ -235,7 +241,9 @@ async def test_forced_429_on_edit_is_survived(emu: DiscordEmulator) -> None:
     emu.force_429(method="PATCH", path_contains="/messages/@original", count=1, retry_after=0.2)
     async with running_bot(emu) as bot:
         ix = await emu.invoke_slash("imagine", {"prompt": "busy"})
-        msg = await emu.wait_for(lambda: (m := emu._messages.get(ix.response_message_id)) and m.attachments and m, 5)
+        msg = await emu.wait_for(
+            lambda: (m := emu._messages.get(ix.response_message_id)) and m.attachments and m, 5
+        )
         assert msg.content == "**busy**" and not bot.errors
     statuses = [r.status for r in emu.requests if r.method == "PATCH"]
     assert statuses == [429, 200]
@@ -268,7 +276,10 @@ async def test_natural_rate_limit_answers_429_with_headers(emu: DiscordEmulator)
             assert resp.status == 401 and (await resp.json())["code"] == 0
     assert len(emu.rate_limit_hits) == 1 and emu.invalid_requests == 2
     emu.advance_clock(5)
-    async with aiohttp.ClientSession() as http, http.post(url, json={"content": "m6"}, headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, json={"content": "m6"}, headers=headers) as resp,
+    ):
         assert resp.status == 200
 
 
@@ -310,3 +321,38 @@ async def test_bad_token_fails_login(emu: DiscordEmulator) -> None:
     with pytest.raises(discord.LoginFailure):
         await bot.login("wrong-token")
     await bot.close()
+
+
+async def test_modal_and_attachment_option(emu: DiscordEmulator) -> None:
+    got: dict[str, Any] = {}
+
+    class Ask(discord.ui.Modal, title="Remix"):
+        text = discord.ui.TextInput(label="New prompt", custom_id="remix:text")
+
+        async def on_submit(self, interaction: discord.Interaction) -> None:
+            got["text"] = self.text.value
+            await interaction.response.send_message(f"remix: {self.text.value}", ephemeral=True)
+
+    bot = EmuBot(emu)
+
+    @app_commands.command(name="describe", description="Describe an image")
+    async def describe(interaction: discord.Interaction, image: discord.Attachment) -> None:
+        got["image"] = (image.filename, image.width, await image.read())
+        await interaction.response.send_modal(Ask())
+
+    bot.tree.add_command(describe, guild=discord.Object(emu.guild_id))
+    task = asyncio.create_task(bot.start(emu.bot_token))
+    try:
+        await emu.wait_for_commands(["imagine", "describe"], timeout=10)
+        data = png_bytes(32)
+        ix = await emu.invoke_slash("describe", attachments={"image": ("in.png", data)})
+        assert await ix.wait_for_response(5) == 9 and ix.modal and ix.modal["custom_id"]
+        assert got["image"] == ("in.png", 32, data)
+        sub = await emu.submit_modal(ix, {"remix:text": "a cat"})
+        assert await sub.wait_for_response(5) == 4
+        msg = emu.get_message(sub.response_message_id)
+        assert msg.content == "remix: a cat" and msg.ephemeral and got["text"] == "a cat"
+    finally:
+        await bot.close()
+        await asyncio.wait_for(task, 5)
+    emu.assert_clean()
