@@ -356,3 +356,50 @@ async def test_modal_and_attachment_option(emu: DiscordEmulator) -> None:
         await bot.close()
         await asyncio.wait_for(task, 5)
     emu.assert_clean()
+
+
+SUBPROCESS_BOT = """
+import asyncio, os, discord, yarl
+from discord import app_commands
+discord.http.Route.BASE = os.environ["DISCORD_API_BASE"]
+discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(os.environ["DISCORD_GATEWAY_URL"])
+guild = discord.Object(int(os.environ["GUILD_ID"]))
+client = discord.Client(intents=discord.Intents.default(), guild_ready_timeout=0.1)
+tree = app_commands.CommandTree(client)
+
+@tree.command(name="imagine", description="Generate an image", guild=guild)
+async def imagine(interaction: discord.Interaction, prompt: str) -> None:
+    await interaction.response.defer()
+    await interaction.edit_original_response(content=f"pid {os.getpid()}: {prompt}")
+
+@client.event
+async def setup_hook() -> None:
+    await tree.sync(guild=guild)
+
+client.run(os.environ["DISCORD_TOKEN"], log_handler=None)
+"""
+
+
+async def test_bot_in_a_subprocess_and_a_restart(emu: DiscordEmulator, tmp_path: Any) -> None:
+    import sys
+
+    from tests.discord_emulator.fixtures import bot_environment
+
+    script = tmp_path / "bot.py"
+    script.write_text(SUBPROCESS_BOT)
+    env = bot_environment(emu) | {"GUILD_ID": str(emu.guild_id)}
+    for round_ in (1, 2):
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(script), env=env)
+        try:
+            await emu.wait_for(lambda r=round_: emu.gateway.identifies == r and emu.gateway.connected, 15)
+            await emu.wait_for_commands(["imagine"], timeout=10)
+            ix = await emu.invoke_slash("imagine", {"prompt": f"round {round_}"})
+            msg = await emu.wait_for(
+                lambda ix=ix: (m := emu._messages.get(ix.response_message_id or 0)) and m.edit_count and m, 10
+            )
+            assert msg.content == f"pid {proc.pid}: round {round_}"
+        finally:
+            proc.kill()  # an abrupt exit: the emulator must cope with the dropped socket
+            await proc.wait()
+        await emu.wait_for(lambda: not emu.gateway.connected, 5)
+    emu.assert_clean()
