@@ -459,6 +459,7 @@ class DiscordEmulator:
 
     async def _store_message(self, msg: Message) -> None:
         self._messages[msg.id] = msg
+        msg.snapshot(msg.created_at)
         self._notify()
         if not msg.ephemeral:
             await self.gateway.dispatch("MESSAGE_CREATE", self.payloads.message(msg))
@@ -466,6 +467,7 @@ class DiscordEmulator:
     async def _message_edited(self, msg: Message) -> None:
         msg.edit_count += 1
         msg.edited_at = self.clock.now()
+        msg.snapshot(msg.edited_at)
         self._notify()
         if not msg.ephemeral:
             await self.gateway.dispatch("MESSAGE_UPDATE", self.payloads.message(msg))

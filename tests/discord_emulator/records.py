@@ -88,6 +88,8 @@ class Message:
     deleted: bool = False
     deleted_at: float | None = None
     message_reference: dict[str, Any] | None = None
+    # one snapshot per create/edit: {"time", "content", "attachments": [filenames], "custom_ids", "flags"}
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ephemeral(self) -> bool:
@@ -96,6 +98,18 @@ class Message:
     @property
     def loading(self) -> bool:
         return bool(self.flags & LOADING)
+
+    def snapshot(self, at: float) -> None:
+        """Append the current state to ``history`` (what a user saw at that moment)."""
+        self.history.append(
+            {
+                "time": at,
+                "content": self.content,
+                "attachments": [a.filename for a in self.attachments],
+                "custom_ids": self.custom_ids(),
+                "flags": self.flags,
+            }
+        )
 
     def custom_ids(self) -> list[str]:
         """Every ``custom_id`` in the message's components, in order."""

@@ -123,6 +123,7 @@ async def test_happy_path_slash_defer_edit_and_buttons(emu: DiscordEmulator) -> 
         )
         assert msg.content == "**a fox**" and not msg.loading and msg.type == 20
         assert msg.interaction_id == ix.id and msg.edit_count == 1
+        assert [h["attachments"] for h in msg.history] == [[], ["grid.png"]]
         att = msg.attachments[0]
         assert (att.filename, att.width, att.height, att.content_type) == ("grid.png", 64, 64, "image/png")
         assert emu.attachment_bytes(att) == att.data and att.data.startswith(b"\x89PNG")
