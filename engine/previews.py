@@ -54,7 +54,7 @@ def latents_to_rgb(latents: torch.Tensor, factors: torch.Tensor) -> np.ndarray:
     """
     first = latents[0] if latents.ndim == 4 else latents
     first = first.detach().to(device="cpu", dtype=torch.float32)
-    rgb = torch.einsum("chw,cr->hwr", first, factors.to(torch.float32))
+    rgb = first.permute(1, 2, 0) @ factors.to(torch.float32)  # [H,W,4] @ [4,3]; einsum is ~5x slower here
     rgb = ((rgb + 1.0) * 127.5).clamp(0, 255).round()
     return rgb.to(torch.uint8).numpy()
 

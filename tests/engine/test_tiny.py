@@ -36,9 +36,9 @@ def test_weights_are_deterministic_per_seed():
 def test_ldm_layout_keys():
     keys = set(to_ldm_state_dict(build_tiny_pipeline()))
     assert "model.diffusion_model.input_blocks.0.0.weight" in keys
-    assert "model.diffusion_model.input_blocks.1.1.proj_in.weight" in keys  # cross-attention at level 0
+    assert "model.diffusion_model.input_blocks.4.1.proj_in.weight" in keys  # cross-attention at level 1
     assert "model.diffusion_model.input_blocks.3.0.op.weight" in keys  # downsampler
-    assert "model.diffusion_model.output_blocks.2.1.conv.weight" in keys  # upsampler
+    assert "model.diffusion_model.output_blocks.2.2.conv.weight" in keys  # upsampler after an attention
     assert "model.diffusion_model.middle_block.1.proj_out.weight" in keys
     assert "first_stage_model.decoder.up.3.upsample.conv.weight" in keys
     assert "first_stage_model.encoder.mid.attn_1.q.weight" in keys
