@@ -62,7 +62,9 @@ def load_pipeline(
         log.exception("model load failed source=%s", source)
         raise EngineError(f"could not load model {source!r}: {type(error).__name__}") from error
     pipe.set_progress_bar_config(disable=True)
-    log.info("model loaded source=%s pipeline=%s device=%s dtype=%s", source, type(pipe).__name__, device, dtype)
+    log.info(
+        "model loaded source=%s pipeline=%s device=%s dtype=%s", source, type(pipe).__name__, device, dtype
+    )
     return pipe
 
 
@@ -139,7 +141,9 @@ def _from_single_file(path: Path, dtype: torch.dtype, config_folder: str | None)
     except OSError as error:
         log.warning("single-file load failed path=%s error=%r", path, error)
         hint = "" if config_folder else " (offline, pass a config folder with the model's diffusers configs)"
-        raise EngineError(f"could not load checkpoint {path.name}: bad file or missing configs{hint}") from error
+        raise EngineError(
+            f"could not load checkpoint {path.name}: bad file or missing configs{hint}"
+        ) from error
 
 
 def _is_sdxl_file(path: Path) -> bool:

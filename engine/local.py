@@ -212,7 +212,9 @@ def _validate(request: GenerationRequest) -> None:
 
 def _is_out_of_memory(error: BaseException) -> bool:
     oom_types = tuple(
-        t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t
+        t
+        for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+        if t
     )
     return isinstance(error, oom_types) or (isinstance(error, RuntimeError) and "out of memory" in str(error))
 

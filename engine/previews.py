@@ -59,9 +59,7 @@ def latents_to_rgb(latents: torch.Tensor, factors: torch.Tensor) -> np.ndarray:
     return rgb.to(torch.uint8).numpy()
 
 
-def encode_preview(
-    rgb: np.ndarray, *, upscale: int = UPSCALE, quality: int = JPEG_QUALITY
-) -> bytes:
+def encode_preview(rgb: np.ndarray, *, upscale: int = UPSCALE, quality: int = JPEG_QUALITY) -> bytes:
     """Upscale an ``[H,W,3]`` uint8 array by ``upscale`` (nearest) and encode it as JPEG bytes."""
     image = Image.fromarray(rgb, mode="RGB")
     if upscale != 1:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -59,7 +60,13 @@ def write_tiny_tokenizer(folder: Path) -> Path:
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_MERGES) + "\n", encoding="utf-8")
-    config = {"model_max_length": 77, "bos_token": _BOS, "eos_token": _EOS, "pad_token": _EOS, "unk_token": _EOS}
+    config = {
+        "model_max_length": 77,
+        "bos_token": _BOS,
+        "eos_token": _EOS,
+        "pad_token": _EOS,
+        "unk_token": _EOS,
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return folder
 
@@ -75,12 +82,10 @@ def build_tiny_pipeline(folder: Path | None = None, *, seed: int = 0) -> StableD
 
     ``folder``: where to write the tokenizer files (kept); a temporary folder when None.
     """
-    tokenizer = (
-        CLIPTokenizer.from_pretrained(write_tiny_tokenizer(folder)) if folder else _tiny_tokenizer()
-    )
+    tokenizer = CLIPTokenizer.from_pretrained(write_tiny_tokenizer(folder)) if folder else _tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
+        unet: Any = UNet2DConditionModel(
             sample_size=8,
             in_channels=4,
             out_channels=4,
@@ -126,7 +131,7 @@ def build_tiny_pipeline(folder: Path | None = None, *, seed: int = 0) -> StableD
         steps_offset=1,
         timestep_spacing="leading",
     )
-    pipe = StableDiffusionPipeline(
+    pipe: Any = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
@@ -143,7 +148,8 @@ def build_tiny_pipeline(folder: Path | None = None, *, seed: int = 0) -> StableD
 def save_tiny_pipeline(folder: Path, *, seed: int = 0) -> Path:
     """Save a tiny pipeline as a diffusers folder (``model_index.json`` + components); returns ``folder``."""
     folder = Path(folder)
-    build_tiny_pipeline(seed=seed).save_pretrained(folder)
+    pipe: Any = build_tiny_pipeline(seed=seed)
+    pipe.save_pretrained(folder)
     return folder
 
 
@@ -163,15 +169,14 @@ def save_tiny_single_file(path: Path, *, seed: int = 0) -> Path:
     return path
 
 
-def to_ldm_state_dict(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
+def to_ldm_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
     """Convert a diffusers SD1.x pipeline's weights to the original LDM checkpoint key layout."""
     unet = {
         "model.diffusion_model." + k: v
         for k, v in _rename(pipe.unet.state_dict(), _unet_prefix_map(pipe.unet.config)).items()
     }
     vae = {
-        "first_stage_model." + k: v
-        for k, v in _vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config).items()
+        "first_stage_model." + k: v for k, v in _vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config).items()
     }
     text = {
         # Real SD1 files say ``text_model.``; transformers >= 5.6 flattened CLIPTextModel and dropped it.
@@ -224,14 +229,18 @@ def _unet_prefix_map(config: object) -> list[tuple[str, str]]:
             blocks.append((f"down_blocks.{i}.resnets.{j}.", f"{ldm}.0.", True))
             blocks.append((f"down_blocks.{i}.attentions.{j}.", f"{ldm}.1.", False))
         if i < levels - 1:
-            blocks.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(per + 1) * (i + 1)}.0.op.", False))
+            blocks.append(
+                (f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(per + 1) * (i + 1)}.0.op.", False)
+            )
         for j in range(per + 1):
             ldm = f"output_blocks.{(per + 1) * i + j}"
             blocks.append((f"up_blocks.{i}.resnets.{j}.", f"{ldm}.0.", True))
             blocks.append((f"up_blocks.{i}.attentions.{j}.", f"{ldm}.1.", False))
         if i < levels - 1:
             index = 2 if up_has_attention[i] else 1
-            blocks.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(per + 1) * i + per}.{index}.", False))
+            blocks.append(
+                (f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(per + 1) * i + per}.{index}.", False)
+            )
     prefixes = []
     for diffusers_prefix, ldm_prefix, is_resnet in blocks:
         if is_resnet:
@@ -260,7 +269,9 @@ def _vae_to_ldm(state: dict[str, torch.Tensor], config: object) -> dict[str, tor
             prefixes.append((f"encoder.down_blocks.{i}.resnets.{j}.", f"encoder.down.{i}.block.{j}."))
         prefixes.append((f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."))
         for j in range(per + 1):
-            prefixes.append((f"decoder.up_blocks.{i}.resnets.{j}.", f"decoder.up.{levels - 1 - i}.block.{j}."))
+            prefixes.append(
+                (f"decoder.up_blocks.{i}.resnets.{j}.", f"decoder.up.{levels - 1 - i}.block.{j}.")
+            )
         prefixes.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{levels - 1 - i}.upsample."))
     out = _rename(state, prefixes)
     renamed = {}

@@ -119,7 +119,9 @@ async def test_bad_sizes_are_refused(tiny_engine):
 async def test_progress_arrives_on_the_loop_thread_in_order_with_jpeg_previews(tiny_engine):
     loop_thread = threading.current_thread()
     seen: list[tuple[threading.Thread, ProgressUpdate]] = []
-    await tiny_engine.generate(request(steps=4), lambda update: seen.append((threading.current_thread(), update)))
+    await tiny_engine.generate(
+        request(steps=4), lambda update: seen.append((threading.current_thread(), update))
+    )
     assert all(thread is loop_thread for thread, _ in seen)
     updates = [update for _, update in seen]
     assert [(u.step, u.total) for u in updates] == [(1, 4), (2, 4), (3, 4), (4, 4)]
@@ -207,9 +209,14 @@ async def test_cancel_before_start(tiny_engine):
 
 async def test_cancelling_the_awaiting_task_stops_the_thread(tiny_engine):
     steps: list[int] = []
-    task = asyncio.create_task(tiny_engine.generate(request(steps=40), lambda u: steps.append(u.step)))
-    while not steps:
-        await asyncio.sleep(0.005)
+    first_step = asyncio.Event()
+
+    def on_progress(update: ProgressUpdate) -> None:
+        steps.append(update.step)
+        first_step.set()
+
+    task = asyncio.create_task(tiny_engine.generate(request(steps=40), on_progress))
+    await first_step.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -227,7 +234,9 @@ class Exploding:
 
 
 async def test_out_of_memory_and_other_errors(tiny_engine, monkeypatch):
-    monkeypatch.setattr(tiny_engine, "_txt2img", Exploding(RuntimeError("CUDA out of memory. Tried to allocate")))
+    monkeypatch.setattr(
+        tiny_engine, "_txt2img", Exploding(RuntimeError("CUDA out of memory. Tried to allocate"))
+    )
     with pytest.raises(EngineOutOfMemory, match="out of memory"):
         await tiny_engine.generate(request())
     monkeypatch.setattr(tiny_engine, "_txt2img", Exploding(ValueError("secret /home/me/path detail")))
