@@ -50,6 +50,7 @@ async def run(settings: Settings) -> int:
         )
         return 2
     finally:
+        await bot.close()  # waits for a close a signal started (jobs, database) to finish
         await engine.close()
     log.info("stopped")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import discord
@@ -16,6 +17,9 @@ from storage.images import LocalImageStore
 from storage.jobs import JobRepository
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 10.0
+"""Seconds a stopping bot waits for running jobs before leaving them to the next start."""
 
 EXTENSIONS = ("cogs.presenter", "cogs.imagine", "cogs.buttons")
 
@@ -37,6 +41,8 @@ class ImagineBot(commands.Bot):
         self.scheduler = Scheduler()
         self.database: Database | None = None
         self.jobs: JobService
+        self._close_lock = asyncio.Lock()
+        self._shut_down = False
 
     async def setup_hook(self) -> None:
         self.database = await Database.open(self.settings.resolved_database_url)
@@ -74,7 +80,12 @@ class ImagineBot(commands.Bot):
         )
 
     async def close(self) -> None:
-        await self.scheduler.stop()
-        await super().close()
-        if self.database is not None:
-            await self.database.close()
+        """Idempotent: a signal handler and ``async with`` may both call it; the second waits for the first."""
+        async with self._close_lock:
+            if self._shut_down:
+                return
+            await self.scheduler.stop(grace=SHUTDOWN_GRACE)
+            await super().close()
+            if self.database is not None:
+                await self.database.close()
+            self._shut_down = True

@@ -7,6 +7,7 @@ holds only job ids; the database row is the truth, so the queue can always be re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,8 @@ class Scheduler:
         self._queued: set[str] = set()
         self._workers: list[asyncio.Task[None]] = []
         self.running: set[str] = set()
+        self._stopping = False
+        self._idle = asyncio.Event()
 
     def submit(self, job_id: str, priority: int = 0) -> None:
         """Queue a job once; submitting a job that is already waiting is a no-op."""
@@ -50,10 +53,19 @@ class Scheduler:
         return len(self._queued)
 
     def start(self, slots: int, handler: JobHandler) -> None:
+        self._stopping = False
         for slot in range(slots):
             self._workers.append(asyncio.create_task(self._work(handler), name=f"engine-worker-{slot}"))
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Take no new work; give running jobs ``grace`` seconds to finish, then cancel them.
+
+        A canceled job keeps its state in the database and is resumed at the next start.
+        """
+        self._stopping = True
+        if grace > 0 and self.running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -61,11 +73,16 @@ class Scheduler:
 
     async def _work(self, handler: JobHandler) -> None:
         while True:
-            _, _, job_id = await self._queue.get()
+            entry = await self._queue.get()
+            if self._stopping:
+                self._queue.put_nowait(entry)  # leave it for the next start
+                return
+            job_id = entry[2]
             if job_id not in self._queued:
                 continue
             self._queued.discard(job_id)
             self.running.add(job_id)
+            self._idle.clear()
             try:
                 await handler(job_id)
             except asyncio.CancelledError:
@@ -74,3 +91,5 @@ class Scheduler:
                 log.exception("job %s: worker handler crashed", job_id)
             finally:
                 self.running.discard(job_id)
+                if not self.running:
+                    self._idle.set()

@@ -28,14 +28,14 @@ class JobButton(
     discord.ui.DynamicItem[discord.ui.Button],
     template=r"ib:(?P<action>[uvr]):(?P<job>[0-9a-f]{32})(?::(?P<tile>[0-3]))?",
 ):
-    def __init__(self, action: str, job_id: str, tile: int | None = None) -> None:
+    def __init__(self, action: str, job_id: str, tile: int | None = None, row: int | None = None) -> None:
         custom_id = f"ib:{action}:{job_id}" + (f":{tile}" if tile is not None else "")
         if action == "r":
             button = discord.ui.Button(emoji="🔄", style=discord.ButtonStyle.secondary, custom_id=custom_id)
         else:
             label = f"{action.upper()}{(tile or 0) + 1}"
             button = discord.ui.Button(label=label, style=discord.ButtonStyle.secondary, custom_id=custom_id)
-        super().__init__(button)
+        super().__init__(button, row=row)
         self.action, self.job_id, self.tile = action, job_id, tile
 
     @classmethod
@@ -55,10 +55,10 @@ def result_view(job: Job, image_count: int) -> discord.ui.View | None:
         return None
     view = discord.ui.View(timeout=None)
     for tile in range(image_count):
-        view.add_item(JobButton("u", job.id, tile).with_row(0))  # type: ignore[arg-type]
-    view.add_item(JobButton("r", job.id).with_row(0))  # type: ignore[arg-type]
+        view.add_item(JobButton("u", job.id, tile, row=0))
+    view.add_item(JobButton("r", job.id, row=0))
     for tile in range(image_count):
-        view.add_item(JobButton("v", job.id, tile).with_row(1))  # type: ignore[arg-type]
+        view.add_item(JobButton("v", job.id, tile, row=1))
     return view
 
 
@@ -92,10 +92,15 @@ async def handle_click(interaction: discord.Interaction, kind: str, job_id: str,
 def _refusal(bot: discord.Client, user: discord.abc.User, parent: Job | None) -> str | None:
     if parent is None:
         return "That job no longer exists."
-    if parent.state != JobState.SUCCEEDED:
-        return "That job has not finished yet."
     if parent.user_id != user.id and not bot.is_admin(user):  # type: ignore[attr-defined]
         return "That is not your job: only the person who ran it (or an admin) can use its buttons."
+    # STORING: the images are stored and the result is being posted (its buttons may already show)
+    if parent.state not in (JobState.STORING, JobState.SUCCEEDED):
+        return (
+            "That job has not finished yet."
+            if not JobState(parent.state).terminal
+            else "That job did not finish."
+        )
     return None
 
 

@@ -76,7 +76,9 @@ class InProcessBot:
         self.bot = self.engine = self._task = None
 
 
-async def wait_for_bot(emu: DiscordEmulator, task: asyncio.Future[Any] | None = None, timeout: float = 30) -> None:
+async def wait_for_bot(
+    emu: DiscordEmulator, task: asyncio.Future[Any] | None = None, timeout: float = 30
+) -> None:
     """Until the bot is connected and its commands are synced (or its task died)."""
     ready = asyncio.ensure_future(_ready(emu, timeout))
     waiters: set[asyncio.Future[Any]] = {ready}
@@ -132,7 +134,10 @@ class BotProcess:
 
 
 async def wait_for_message(
-    emu: DiscordEmulator, predicate: Callable[[Any], bool], timeout: float = 30, description: str = "a message"
+    emu: DiscordEmulator,
+    predicate: Callable[[Any], bool],
+    timeout: float = 30,
+    description: str = "a message",
 ) -> Any:
     """The first message (in the emulator's channel) matching ``predicate``."""
     found: list[Any] = []

@@ -102,6 +102,8 @@ async def test_imagine_grid_buttons_and_restart(emu, tiny_model_dir, tmp_path):
         reroll = await click_and_wait(emu, grid_message, f"ib:r:{job_id}", is_final_grid)
         assert not same_pixels(picture(reroll), grid)
 
+        # the last result is posted a moment before its row says SUCCEEDED
+        await emu.wait_for(lambda: _all_terminal(bot), timeout=10, what="all jobs to finish")
         states = {job.kind: job.state for job in await _all_jobs(bot)}
         assert states == {k: JobState.SUCCEEDED for k in ("imagine", "upscale", "variation", "reroll")}
     finally:
@@ -133,7 +135,9 @@ async def test_only_the_owner_or_an_admin_may_click(emu, tiny_model_dir, tmp_pat
     settings = bot_settings(emu, tiny_model_dir, tmp_path / "data", admin_user_ids=str(admin.id))
     async with running_bot(settings, emu) as runner:
         ix = await emu.invoke_slash("imagine", {"prompt": "lighthouse --seed 1"})
-        grid_message = await wait_for_message(emu, lambda m: m.id == ix.response_message_id and is_final_grid(m))
+        grid_message = await wait_for_message(
+            emu, lambda m: m.id == ix.response_message_id and is_final_grid(m)
+        )
         job_id = job_id_of(grid_message)
 
         refused = await emu.click(grid_message.id, f"ib:v:{job_id}:0", user=mallory)
@@ -143,7 +147,11 @@ async def test_only_the_owner_or_an_admin_may_click(emu, tiny_model_dir, tmp_pat
         assert len(await _all_jobs(runner.bot)) == 1
 
         await click_and_wait(
-            emu, grid_message, f"ib:u:{job_id}:0", lambda m: "Image #1" in m.content and bool(m.attachments), admin
+            emu,
+            grid_message,
+            f"ib:u:{job_id}:0",
+            lambda m: "Image #1" in m.content and bool(m.attachments),
+            admin,
         )
         assert len(await _all_jobs(runner.bot)) == 2
     emu.assert_clean()
@@ -153,7 +161,9 @@ async def test_survives_a_429_on_an_edit(emu, tiny_model_dir, tmp_path):
     async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu):
         emu.force_429(method="PATCH", path_contains="/messages/", count=2, retry_after=0.3)
         ix = await emu.invoke_slash("imagine", {"prompt": "storm at sea --steps 8"})
-        grid_message = await wait_for_message(emu, lambda m: m.id == ix.response_message_id and is_final_grid(m))
+        grid_message = await wait_for_message(
+            emu, lambda m: m.id == ix.response_message_id and is_final_grid(m)
+        )
         assert picture(grid_message).size == (128, 128)
         assert any(r.status == 429 for r in emu.requests)
     emu.assert_clean()
@@ -164,3 +174,7 @@ async def _all_jobs(bot) -> list[Job]:
 
     async with bot.database.sessions() as session:
         return list((await session.exec(select(Job))).all())
+
+
+async def _all_terminal(bot) -> bool:
+    return all(JobState(job.state).terminal for job in await _all_jobs(bot))

@@ -1,4 +1,5 @@
-"""Fixtures for engine tests: a tiny random-weight SD1.x model saved offline, and an engine on it."""
+"""Fixtures for engine tests: the tiny model as a single file, and an engine on it (``tiny_model_dir`` is in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,6 @@ from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved tiny pipeline (diffusers folder with model_index.json), shared by the whole session."""
-    from engine.tiny import save_tiny_pipeline
-
-    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-model") / "tiny-sd")
 
 
 @pytest.fixture(scope="session")

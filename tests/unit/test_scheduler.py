@@ -78,3 +78,37 @@ async def test_workers_share_slots():
     await asyncio.sleep(0.2)
     await scheduler.stop()
     assert peak == 2 and scheduler.waiting == 0
+
+
+async def test_stop_waits_for_running_jobs_then_restart_works():
+    scheduler = Scheduler()
+    finished: list[str] = []
+
+    async def handler(job_id: str) -> None:
+        await asyncio.sleep(0.1)
+        finished.append(job_id)
+
+    scheduler.submit("a")
+    scheduler.submit("b")
+    scheduler.start(1, handler)
+    await asyncio.sleep(0.02)
+    await scheduler.stop(grace=2)
+    assert finished == ["a"] and scheduler.waiting == 1  # "b" stays queued for the next start
+    scheduler.start(1, handler)
+    await asyncio.sleep(0.2)
+    await scheduler.stop()
+    assert finished == ["a", "b"]
+
+
+async def test_stop_gives_up_after_the_grace_period():
+    scheduler = Scheduler()
+
+    async def handler(job_id: str) -> None:
+        await asyncio.sleep(10)
+
+    scheduler.submit("slow")
+    scheduler.start(1, handler)
+    await asyncio.sleep(0.02)
+    async with asyncio.timeout(1):
+        await scheduler.stop(grace=0.1)
+    assert scheduler.running == set()
