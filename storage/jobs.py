@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from storage.db import Database
@@ -32,12 +33,19 @@ class JobRepository:
         self.database = database
 
     async def ensure_user(self, user_id: int, name: str = "") -> User:
+        """The user's row, created on first sight (two concurrent first jobs of one user are fine)."""
         async with self.database.sessions() as session:
             user = await session.get(User, user_id)
-            if user is None:
-                user = User(id=user_id, name=name)
-                session.add(user)
+            if user is not None:
+                return user
+            session.add(User(id=user_id, name=name))
+            try:
                 await session.commit()
+            except IntegrityError:
+                await session.rollback()  # the other request created it first
+        async with self.database.sessions() as session:
+            user = await session.get(User, user_id)
+            assert user is not None
             return user
 
     async def create(self, job: Job) -> Job:

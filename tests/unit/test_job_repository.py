@@ -98,3 +98,8 @@ async def test_image_store_is_content_addressed(tmp_path):
         await store.get("../../etc/passwd")
     with pytest.raises(ImageNotFound):
         await store.get("f" * 64)
+
+
+async def test_concurrent_first_sight_of_a_user(repo):
+    users = await asyncio.gather(*(repo.ensure_user(42, "bob") for _ in range(5)))
+    assert {user.id for user in users} == {42}
