@@ -8,18 +8,9 @@ import sqlite3
 
 import pytest
 
-from tests.discord_emulator import DiscordEmulator
 from tests.e2e.harness import BotProcess, bot_environment, is_final_grid, wait_for_bot, wait_for_message
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def emu():
-    emulator = DiscordEmulator()
-    await emulator.start()
-    yield emulator
-    await emulator.stop()
 
 
 async def test_bot_process_finishes_a_job_after_kill_9(emu, tiny_model_dir, tmp_path):

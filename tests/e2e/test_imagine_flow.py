@@ -6,7 +6,6 @@ import io
 import re
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from engine.base import GenerationRequest
@@ -17,14 +16,6 @@ from tests.e2e.harness import InProcessBot, bot_settings, is_final_grid, running
 
 DEFERRED = 5
 MESSAGE = 4
-
-
-@pytest.fixture
-async def emu():
-    emulator = DiscordEmulator()
-    await emulator.start()
-    yield emulator
-    await emulator.stop()
 
 
 def picture(message, index: int = 0) -> Image.Image:
