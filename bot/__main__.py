@@ -11,6 +11,7 @@ import discord
 
 from bot.discord_endpoints import apply_discord_endpoints
 from bot.settings import Settings, SettingsError, load_settings
+from bot.tiers import TierConfigError, load_tiers
 from engine.base import Engine, EngineError
 
 log = logging.getLogger("bot")
@@ -29,6 +30,11 @@ def build_engine(settings: Settings) -> Engine:
 async def run(settings: Settings) -> int:
     from bot.app import ImagineBot  # imports discord.py cogs; after settings are known to be valid
 
+    try:
+        tiers = load_tiers(settings.tiers_file)
+    except TierConfigError as error:
+        print(f"imaginebot: {error}", file=sys.stderr)
+        return 2
     engine = build_engine(settings)
     log.info("loading model %s on device %s", settings.model, settings.device)
     try:
@@ -36,7 +42,7 @@ async def run(settings: Settings) -> int:
     except EngineError as error:
         print(f"imaginebot: could not load MODEL={settings.model}: {error}", file=sys.stderr)
         return 3
-    bot = ImagineBot(settings, engine)
+    bot = ImagineBot(settings, engine, tiers=tiers)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import discord
 from discord.ext import commands
 
 from bot.jobs import JobDefaults, JobService
+from bot.quotas import QuotaService
 from bot.scheduler import Scheduler
 from bot.settings import Settings
+from bot.tiers import TierConfig, load_tiers
 from engine.base import Engine
+from storage.audit import AuditRepository
 from storage.db import Database
 from storage.images import LocalImageStore
 from storage.jobs import JobRepository
+from storage.ledger import LedgerRepository
+from storage.users import UserRepository
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +34,15 @@ EXTENSIONS = ("cogs.presenter", "cogs.imagine", "cogs.buttons")
 class ImagineBot(commands.Bot):
     """Owns the services; cogs reach them as ``interaction.client.jobs`` etc."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, guild_ready_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        tiers: TierConfig | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        guild_ready_timeout: float = 2.0,
+    ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channels and roles; no privileged intents needed
         super().__init__(
@@ -38,6 +53,8 @@ class ImagineBot(commands.Bot):
         )
         self.settings = settings
         self.engine = engine
+        self.tiers = tiers or load_tiers(settings.tiers_file)
+        self.now = now
         self.scheduler = Scheduler()
         self.database: Database | None = None
         self.jobs: JobService
@@ -46,12 +63,16 @@ class ImagineBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         self.database = await Database.open(self.settings.resolved_database_url)
+        self.accounts = UserRepository(self.database)
+        self.audit = AuditRepository(self.database)
+        self.quotas = QuotaService(self.accounts, LedgerRepository(self.database), self.tiers, now=self.now)
         self.jobs = JobService(
             JobRepository(self.database),
             LocalImageStore(self.settings.images_dir),
             self.engine,
             self.scheduler,
             JobDefaults(self.settings.model_resolution, self.settings.model_steps, self.settings.model),
+            self.quotas,
         )
         for extension in EXTENSIONS:
             await self.load_extension(extension)
@@ -72,7 +93,11 @@ class ImagineBot(commands.Bot):
             log.info("synced %d global commands (they can take up to an hour to appear)", len(synced))
 
     def is_admin(self, user: discord.abc.User) -> bool:
-        return user.id in self.settings.admin_user_ids
+        """Admins are listed by user id (ADMIN_USER_IDS) or hold a listed role (ADMIN_ROLE_IDS)."""
+        if user.id in self.settings.admin_user_ids:
+            return True
+        roles = getattr(user, "roles", [])
+        return any(role.id in self.settings.admin_role_ids for role in roles)
 
     async def on_ready(self) -> None:
         log.info(

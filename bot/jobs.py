@@ -8,14 +8,18 @@ the same message, so the user sees it once).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image
 
 from bot.prompt import ParsedPrompt
+from bot.quotas import QuotaService
 from bot.scheduler import Scheduler
 from engine.base import (
     MAX_SEED,
@@ -36,8 +40,15 @@ from storage.states import InvalidTransition, JobState
 
 log = logging.getLogger(__name__)
 
+RELAX_PENALTY = 1000
+"""Relax jobs sort after every fast job (fair ordering with aging arrives with the fair queue)."""
+
 VARIATION_STRENGTH = 0.6
 """img2img strength of V1–V4: keeps the composition, changes the details (Midjourney's "strong" is ~0.75)."""
+
+
+ADMISSION_TIMEOUT = 1.5
+"""Seconds admission may take before the interaction must be answered (Discord allows 3)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,9 @@ class Origin:
     application_id: int | None = None
     interaction_token: str | None = None
     message_id: int | None = None
+
+
+Acknowledge = Callable[[], Awaitable[Origin]]
 
 
 class JobPresenter(Protocol):
@@ -80,10 +94,12 @@ class JobService:
         engine: Engine,
         scheduler: Scheduler,
         defaults: JobDefaults,
+        quotas: QuotaService,
         *,
         rng: random.Random | None = None,
     ) -> None:
         self.repo = repo
+        self.quotas = quotas
         self.store = store
         self.engine = engine
         self.scheduler = scheduler
@@ -95,8 +111,19 @@ class JobService:
     # -- creating jobs -------------------------------------------------------------------------
 
     async def submit_imagine(
-        self, user_id: int, origin: Origin, parsed: ParsedPrompt, user_name: str = ""
+        self,
+        user_id: int,
+        acknowledge: Acknowledge,
+        parsed: ParsedPrompt,
+        user_name: str = "",
+        mode: str | None = None,
     ) -> Job:
+        """Admit and queue a grid job.
+
+        ``acknowledge`` is called once the job is admitted (the Discord side defers the interaction and
+        returns where the job's message is). Raises ``AdmissionRefused`` or ``TimeoutError`` before it is
+        called: nothing is saved or charged, and the caller can still answer privately.
+        """
         width, height = size_for_aspect(self.defaults.resolution, *parsed.aspect)
         job = Job(
             user_id=user_id,
@@ -109,10 +136,10 @@ class JobService:
             steps=parsed.steps or self.defaults.steps,
             seed=parsed.seed if parsed.seed is not None else self._new_seed(),
         )
-        return await self._submit(job, origin, user_name)
+        return await self._submit(job, acknowledge, user_name, mode)
 
     async def submit_child(
-        self, parent: Job, kind: str, index: int | None, user_id: int, origin: Origin
+        self, parent: Job, kind: str, index: int | None, user_id: int, acknowledge: Acknowledge
     ) -> Job:
         """A job made from a button on ``parent``'s message: U (upscale), V (variation) or 🔄 (reroll)."""
         if kind not in (JobKind.UPSCALE, JobKind.VARIATION, JobKind.REROLL):
@@ -132,22 +159,47 @@ class JobService:
         )
         if kind == JobKind.UPSCALE and index is not None:
             job.seed = tile_seeds(parent.seed, index + 1)[index]
-        return await self._submit(job, origin)
+        return await self._submit(job, acknowledge, mode=parent.mode)
 
-    async def _submit(self, job: Job, origin: Origin, user_name: str = "") -> Job:
-        job.guild_id, job.channel_id, job.message_id = origin.guild_id, origin.channel_id, origin.message_id
-        job.application_id, job.interaction_token = origin.application_id, origin.interaction_token
+    async def _submit(
+        self, job: Job, acknowledge: Acknowledge, user_name: str = "", mode: str | None = None
+    ) -> Job:
         job.model = self.defaults.model
-        await self.repo.ensure_user(job.user_id, user_name)
-        job = await self.repo.create(job)
+        lock = self.quotas.lock(job.user_id)
+        async with asyncio.timeout(ADMISSION_TIMEOUT):  # waiting for the lock counts too
+            await lock.acquire()
+            try:
+                await self.quotas.users.get(job.user_id, user_name)
+                admission = await self.quotas.admit(job, mode, uses_engine=job.kind != JobKind.UPSCALE)
+            except BaseException:
+                lock.release()
+                raise
+        try:
+            origin = await acknowledge()
+            job.guild_id, job.channel_id, job.message_id = (
+                origin.guild_id,
+                origin.channel_id,
+                origin.message_id,
+            )
+            job.application_id, job.interaction_token = origin.application_id, origin.interaction_token
+            job.tier, job.mode, job.priority = admission.tier.name, admission.mode, admission.tier.priority
+            job.estimate_seconds = admission.estimate_seconds
+            if admission.note:
+                job.params = {**job.params, "note": admission.note}
+            job = await self.repo.create(job, ledger=self.quotas.reservation(job))
+        finally:
+            lock.release()
         job = await self.repo.transition(job.id, JobState.SUBMITTED)
         return await self._enqueue(job)
 
     async def _enqueue(self, job: Job) -> Job:
         job = await self.repo.transition(job.id, JobState.QUEUED)
-        self.scheduler.submit(job.id, job.priority)
+        self._schedule(job)
         await self._present("queued", job, self.scheduler.position(job.id))
         return job
+
+    def _schedule(self, job: Job) -> None:
+        self.scheduler.submit(job.id, -job.priority + (RELAX_PENALTY if job.mode == "relax" else 0))
 
     def _new_seed(self) -> int:
         return self._rng.randint(0, MAX_SEED)
@@ -161,6 +213,7 @@ class JobService:
             return  # canceled (or finished by another path) while it waited
         job = await self.repo.transition(job_id, JobState.PROCESSING, engine=self.engine.name)
         token = self._cancel_tokens.setdefault(job_id, CancelToken())
+        started = time.perf_counter()
         try:
             images = await self._generate(job, token)
         except EngineCancelled:
@@ -175,7 +228,10 @@ class JobService:
             return
         finally:
             self._cancel_tokens.pop(job_id, None)
-        job = await self.repo.transition(job_id, JobState.GENERATED)
+        engine_seconds = time.perf_counter() - started if job.kind != JobKind.UPSCALE else 0.0
+        job = await self.repo.transition(job_id, JobState.GENERATED, engine_seconds=engine_seconds)
+        if engine_seconds:
+            self.quotas.cost.observe(job, engine_seconds, len(images))
         await self._store_and_publish(job, images)
 
     async def _generate(self, job: Job, token: CancelToken) -> list[Image.Image]:
@@ -230,14 +286,19 @@ class JobService:
                 await self.presenter.succeeded(job, stored)
         except Exception:
             log.exception("job %s: could not post the result", job.id)
-            job = await self.repo.transition(job.id, JobState.FAILED, error="Could not post the result.")
+            await self._end(job, JobState.FAILED, "Could not post the result.")
             return
-        await self.repo.transition(job.id, JobState.SUCCEEDED)
+        await self._end(job, JobState.SUCCEEDED)
         log.info("job %s: succeeded", job.id)
+
+    async def _end(self, job: Job, state: JobState, reason: str | None = None) -> Job:
+        """The terminal transition, with the quota settlement in the same transaction."""
+        ledger = self.quotas.settlement(job, state, job.engine_seconds)
+        return await self.repo.transition(job.id, state, error=reason, ledger=ledger)
 
     async def _finish_unsuccessfully(self, job: Job, state: JobState, reason: str) -> None:
         try:
-            job = await self.repo.transition(job.id, state, error=reason)
+            job = await self._end(job, state, reason)
         except InvalidTransition:
             return  # someone else ended it first
         log.info("job %s: %s (%s)", job.id, state, reason)
@@ -288,10 +349,10 @@ class JobService:
             await self._enqueue(job)
             return
         if state == JobState.QUEUED:
-            self.scheduler.submit(job.id, job.priority)
+            self._schedule(job)
             return
         job = await self.repo.transition(job.id, JobState.QUEUED, retry=True, note="process restarted")
-        self.scheduler.submit(job.id, job.priority)
+        self._schedule(job)
 
     async def _present(self, event: str, job: Job, argument: object) -> None:
         if self.presenter is None:

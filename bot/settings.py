@@ -46,12 +46,21 @@ class Settings(BaseSettings):
     model_steps: int = Field(default=25, ge=1, le=150, description="Default denoising steps.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     admin_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    admin_role_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    tiers_file: Path | None = Field(
+        default=None, description="Tiers TOML; default: the bundled bot/tiers.toml."
+    )
+    queue_timeout: float = Field(
+        default=6 * 3600, gt=0, description="Seconds a job may wait before TIMED_OUT."
+    )
+    processing_timeout: float = Field(default=900, gt=0, description="Seconds a job may run on an engine.")
+    storing_timeout: float = Field(default=300, gt=0, description="Seconds to store and post a result.")
     progress_edit_interval: float = Field(
         default=1.5, ge=0.2, le=30, description="Seconds between progress edits of one message."
     )
     log_level: str = "INFO"
 
-    @field_validator("admin_user_ids", mode="before")
+    @field_validator("admin_user_ids", "admin_role_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:
         if isinstance(value, str):

@@ -13,14 +13,14 @@ import re
 import discord
 from discord.ext import commands
 
-from bot.jobs import Origin
+from cogs.submitting import submit_job
 from storage.models import Job, JobKind
 from storage.states import JobState
 
 log = logging.getLogger(__name__)
 
 ACTIONS = {"u": JobKind.UPSCALE, "v": JobKind.VARIATION, "r": JobKind.REROLL}
-LOOKUP_TIMEOUT = 1.5
+LOOKUP_TIMEOUT = 0.75
 """Seconds to wait for the database before acknowledging a click (Discord allows 3)."""
 
 
@@ -74,19 +74,12 @@ async def handle_click(interaction: discord.Interaction, kind: str, job_id: str,
         await interaction.response.send_message(refusal, ephemeral=True)
         return
     assert parent is not None
-    response = await interaction.response.defer(thinking=True)
-    origin = Origin(
-        channel_id=interaction.channel_id or parent.channel_id or 0,
-        guild_id=interaction.guild_id,
-        application_id=interaction.application_id,
-        interaction_token=interaction.token,
-        message_id=response.message_id if response else None,
+    await submit_job(
+        interaction,
+        lambda acknowledge: bot.jobs.submit_child(  # type: ignore[attr-defined]
+            parent, kind, tile, interaction.user.id, acknowledge
+        ),
     )
-    try:
-        await bot.jobs.submit_child(parent, kind, tile, interaction.user.id, origin)  # type: ignore[attr-defined]
-    except Exception:
-        log.exception("click on job %s: could not start %s", job_id, kind)
-        await interaction.edit_original_response(content="Sorry, that could not be started. Try again.")
 
 
 def _refusal(bot: discord.Client, user: discord.abc.User, parent: Job | None) -> str | None:

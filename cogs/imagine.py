@@ -8,8 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.jobs import Origin
 from bot.prompt import PromptError, parse_prompt
+from cogs.submitting import submit_job
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +26,12 @@ class ImagineCog(commands.Cog):
         except PromptError as error:
             await interaction.response.send_message(str(error), ephemeral=True)
             return
-        response = await interaction.response.defer(thinking=True)
-        origin = Origin(
-            channel_id=interaction.channel_id or 0,
-            guild_id=interaction.guild_id,
-            application_id=interaction.application_id,
-            interaction_token=interaction.token,
-            message_id=response.message_id if response else None,
+        await submit_job(
+            interaction,
+            lambda acknowledge: self.bot.jobs.submit_imagine(  # type: ignore[attr-defined]
+                interaction.user.id, acknowledge, parsed, user_name=interaction.user.name
+            ),
         )
-        try:
-            await self.bot.jobs.submit_imagine(  # type: ignore[attr-defined]
-                interaction.user.id, origin, parsed, user_name=interaction.user.name
-            )
-        except Exception:
-            log.exception("/imagine: could not queue a job")
-            await interaction.edit_original_response(
-                content="Sorry, your job could not be queued. Try again."
-            )
 
 
 async def setup(bot: commands.Bot) -> None:

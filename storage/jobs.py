@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from storage.db import Database
-from storage.models import Job, JobImage, JobTransition, User, utcnow
+from storage.models import Job, JobImage, JobTransition, LedgerEntry, utcnow
 from storage.states import TERMINAL_STATES, InvalidTransition, JobState, check_transition
 
 
@@ -32,28 +31,13 @@ class JobRepository:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    async def ensure_user(self, user_id: int, name: str = "") -> User:
-        """The user's row, created on first sight (two concurrent first jobs of one user are fine)."""
-        async with self.database.sessions() as session:
-            user = await session.get(User, user_id)
-            if user is not None:
-                return user
-            session.add(User(id=user_id, name=name))
-            try:
-                await session.commit()
-            except IntegrityError:
-                await session.rollback()  # the other request created it first
-        async with self.database.sessions() as session:
-            user = await session.get(User, user_id)
-            assert user is not None
-            return user
-
-    async def create(self, job: Job) -> Job:
-        """Insert a new job in DRAFT and record its first transition."""
+    async def create(self, job: Job, ledger: Sequence[LedgerEntry] = ()) -> Job:
+        """Insert a new job in DRAFT, its first transition and its quota reservation, in one transaction."""
         job.state = JobState.DRAFT
         async with self.database.sessions() as session:
             session.add(job)
             session.add(JobTransition(job_id=job.id, from_state=None, to_state=JobState.DRAFT))
+            session.add_all(list(ledger))
             await session.commit()
             await session.refresh(job)
         return job
@@ -78,9 +62,11 @@ class JobRepository:
         *,
         note: str | None = None,
         retry: bool = False,
+        ledger: Sequence[LedgerEntry] = (),
         **fields: Any,
     ) -> Job:
-        """Move a job to ``target`` (checked against the state machine) and set ``fields`` atomically.
+        """Move a job to ``target`` (checked against the state machine), set ``fields`` and add ``ledger``
+        entries, atomically: a charge is written exactly when the state that implies it is.
 
         The UPDATE is conditional on the state we read, so two writers racing on one job cannot both
         win; the loser gets ``InvalidTransition``.
@@ -106,6 +92,7 @@ class JobRepository:
             session.add(
                 JobTransition(job_id=job_id, from_state=current, to_state=target, attempt=attempts, note=note)
             )
+            session.add_all(list(ledger))
             await session.commit()
         return await self.get(job_id)
 

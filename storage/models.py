@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from storage.states import JobState
@@ -37,7 +37,50 @@ class User(SQLModel, table=True):
 
     id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     name: str = ""
+    tier: str | None = None  # None: the configured default tier
+    mode: str = "fast"  # default speed for new jobs: "fast" or "relax"
+    banned: bool = False
+    ban_reason: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class LedgerKind:
+    """Entries of the quota ledger. A user's fast time used in a period is the sum of ``seconds``."""
+
+    RESERVE = "reserve"  # +estimate when a fast job is accepted
+    RELEASE = "release"  # -estimate when it ends (whatever the outcome)
+    CHARGE = "charge"  # +measured engine seconds when it succeeds
+    GRANT = "grant"  # -seconds: an admin gave extra time
+    RESET = "reset"  # -used: an admin set the period's usage back to zero
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Append-only. One reserve/release/charge per job at most (unique), so retries never double-charge."""
+
+    __tablename__ = "quota_ledger"
+    __table_args__ = (UniqueConstraint("job_id", "kind", name="one_entry_per_job_and_kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    job_id: str | None = Field(default=None, max_length=32, index=True)
+    kind: str
+    seconds: float
+    period_start: datetime = Field(index=True)
+    actor_id: int | None = Field(default=None, sa_column=Column(BigInteger))
+    at: datetime = Field(default_factory=utcnow)
+
+
+class AuditEntry(SQLModel, table=True):
+    """Every admin action: who did what to whom, and when."""
+
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    actor_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    action: str
+    target: str = ""
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    at: datetime = Field(default_factory=utcnow, index=True)
 
 
 class Job(SQLModel, table=True):
@@ -72,7 +115,11 @@ class Job(SQLModel, table=True):
     steps: int = 0
     seed: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
 
-    priority: int = 0  # lower runs first
+    mode: str = "fast"  # "fast" (charged against the quota) or "relax"
+    tier: str = ""  # the user's tier when the job was accepted
+    priority: int = 0  # the tier's priority (higher runs first)
+    estimate_seconds: float = 0.0  # engine seconds reserved when accepted (fast jobs)
+    engine_seconds: float | None = None  # measured engine time when it succeeded
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None

@@ -10,14 +10,18 @@ from PIL import Image
 
 from bot.jobs import JobDefaults, JobService, Origin
 from bot.prompt import parse_prompt
+from bot.quotas import QuotaService
 from bot.scheduler import Scheduler
+from bot.tiers import TierConfig, load_tiers
 from engine.base import EngineOutOfMemory, ProgressUpdate
 from engine.local import LocalDiffusersEngine
 from storage.db import Database
 from storage.images import LocalImageStore
 from storage.jobs import JobRepository, StoredImage
+from storage.ledger import LedgerRepository
 from storage.models import Job, JobKind
 from storage.states import JobState
+from storage.users import UserRepository
 
 
 class RecordingPresenter:
@@ -58,14 +62,16 @@ async def parts(tmp_path, tiny_model_dir):
     await engine.close()
 
 
-def service(parts, engine=None) -> tuple[JobService, RecordingPresenter]:
+def service(parts, engine=None, tiers: TierConfig | None = None) -> tuple[JobService, RecordingPresenter]:
     default_engine, database, store = parts
+    quotas = QuotaService(UserRepository(database), LedgerRepository(database), tiers or load_tiers())
     jobs = JobService(
         JobRepository(database),
         store,
         engine or default_engine,
         Scheduler(),
         JobDefaults(resolution=64, steps=3, model="tiny"),
+        quotas,
         rng=random.Random(5),
     )
     presenter = RecordingPresenter()
@@ -89,9 +95,13 @@ async def run_until_done(jobs: JobService, job_ids: list[str], timeout: float = 
 ORIGIN = Origin(channel_id=1, guild_id=2, application_id=3, interaction_token="t", message_id=4)
 
 
+async def acknowledge() -> Origin:
+    return ORIGIN
+
+
 async def test_imagine_runs_through_every_state(parts):
     jobs, presenter = service(parts)
-    job = await jobs.submit_imagine(10, ORIGIN, parse_prompt("a fox --seed 9 --ar 2:1"))
+    job = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox --seed 9 --ar 2:1"))
     assert (job.state, job.width, job.height, job.seed, job.steps) == (JobState.QUEUED, 88, 48, 9, 3)
     (done,) = await run_until_done(jobs, [job.id])
     assert done.state == JobState.SUCCEEDED and done.engine == "local"
@@ -115,11 +125,11 @@ async def test_imagine_runs_through_every_state(parts):
 
 async def test_children_upscale_variation_reroll(parts):
     jobs, presenter = service(parts)
-    parent = await jobs.submit_imagine(10, ORIGIN, parse_prompt("a fox --seed 9"))
+    parent = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox --seed 9"))
     (parent,) = await run_until_done(jobs, [parent.id])
-    upscale = await jobs.submit_child(parent, JobKind.UPSCALE, 2, 10, ORIGIN)
-    variation = await jobs.submit_child(parent, JobKind.VARIATION, 0, 10, ORIGIN)
-    reroll = await jobs.submit_child(parent, JobKind.REROLL, None, 10, ORIGIN)
+    upscale = await jobs.submit_child(parent, JobKind.UPSCALE, 2, 10, acknowledge)
+    variation = await jobs.submit_child(parent, JobKind.VARIATION, 0, 10, acknowledge)
+    reroll = await jobs.submit_child(parent, JobKind.REROLL, None, 10, acknowledge)
     await run_until_done(jobs, [upscale.id, variation.id, reroll.id])
 
     parent_images = await jobs.repo.images(parent.id)
@@ -134,7 +144,7 @@ async def test_out_of_memory_fails_the_job_and_tells_the_user(parts):
     default_engine, _, _ = parts
     oom = OutOfMemoryEngine(default_engine.model, "cpu")
     jobs, presenter = service(parts, engine=oom)
-    job = await jobs.submit_imagine(10, ORIGIN, parse_prompt("a fox"))
+    job = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox"))
     (done,) = await run_until_done(jobs, [job.id])
     assert done.state == JobState.FAILED and "out of memory" in done.error
     assert presenter.of(job.id, "failed") == [done.error]
@@ -142,7 +152,7 @@ async def test_out_of_memory_fails_the_job_and_tells_the_user(parts):
 
 async def test_cancel_a_queued_job(parts):
     jobs, presenter = service(parts)
-    job = await jobs.submit_imagine(10, ORIGIN, parse_prompt("a fox"))
+    job = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox"))
     canceled = await jobs.cancel(job.id)
     assert canceled.state == JobState.CANCELED
     assert jobs.scheduler.waiting == 0

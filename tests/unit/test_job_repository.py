@@ -18,7 +18,6 @@ async def repo(tmp_path):
 
 
 async def test_transitions_are_persisted_with_history(repo, tmp_path):
-    await repo.ensure_user(7, "alice")
     job = await repo.create(Job(user_id=7, prompt="fox", params={"display": "fox"}))
     for state in (JobState.SUBMITTED, JobState.QUEUED, JobState.PROCESSING):
         job = await repo.transition(job.id, state)
@@ -101,5 +100,7 @@ async def test_image_store_is_content_addressed(tmp_path):
 
 
 async def test_concurrent_first_sight_of_a_user(repo):
-    users = await asyncio.gather(*(repo.ensure_user(42, "bob") for _ in range(5)))
+    from storage.users import UserRepository
+
+    users = await asyncio.gather(*(UserRepository(repo.database).get(42, "bob") for _ in range(5)))
     assert {user.id for user in users} == {42}
