@@ -22,8 +22,61 @@ MAX_SEED = 2**32 - 1
 
 
 class Operation(StrEnum):
+    """What a request does. Every operation but TXT2IMG needs ``init_image``.
+
+    The output size of VARY_* and IMG2IMG is ``width`` x ``height``; the UPSCALE_*, ZOOM_OUT_*,
+    MAKE_SQUARE and PAN_* operations derive their output size from the init image (see
+    ``engine.geometry``) and ignore ``width``/``height``.
+    """
+
     TXT2IMG = "txt2img"  # text only
     IMG2IMG = "img2img"  # starts from ``init_image``, keeps ``1 - strength`` of it
+    VARY_SUBTLE = "vary_subtle"  # img2img at VARY_SUBTLE_STRENGTH
+    VARY_STRONG = "vary_strong"  # img2img at VARY_STRONG_STRENGTH
+    UPSCALE_SUBTLE = "upscale_subtle"  # 2x Lanczos, then img2img at UPSCALE_SUBTLE_STRENGTH (tiled)
+    UPSCALE_CREATIVE = "upscale_creative"  # 2x Lanczos, then img2img at UPSCALE_CREATIVE_STRENGTH (tiled)
+    ZOOM_OUT_2X = "zoom_out_2x"  # canvas 2x each side, original centred, the border generated
+    ZOOM_OUT_1_5X = "zoom_out_1.5x"  # canvas 1.5x each side
+    MAKE_SQUARE = "make_square"  # canvas max(w, h) square, original centred
+    PAN_LEFT = "pan_left"  # canvas grows by half the width on the left
+    PAN_RIGHT = "pan_right"
+    PAN_UP = "pan_up"  # canvas grows by half the height at the top
+    PAN_DOWN = "pan_down"
+
+    @property
+    def needs_image(self) -> bool:
+        return self is not Operation.TXT2IMG
+
+    @property
+    def is_outpaint(self) -> bool:
+        return self in OUTPAINT_OPERATIONS
+
+    @property
+    def is_upscale(self) -> bool:
+        return self in (Operation.UPSCALE_SUBTLE, Operation.UPSCALE_CREATIVE)
+
+
+OUTPAINT_OPERATIONS = frozenset(
+    {
+        Operation.ZOOM_OUT_2X,
+        Operation.ZOOM_OUT_1_5X,
+        Operation.MAKE_SQUARE,
+        Operation.PAN_LEFT,
+        Operation.PAN_RIGHT,
+        Operation.PAN_UP,
+        Operation.PAN_DOWN,
+    }
+)
+
+VARY_SUBTLE_STRENGTH = 0.35
+"""Vary (Subtle): keeps composition, colours and most shapes; changes texture and small details."""
+VARY_STRONG_STRENGTH = 0.75
+"""Vary (Strong): keeps the rough layout and palette; subjects and details are re-imagined."""
+UPSCALE_SUBTLE_STRENGTH = 0.2
+"""Upscale (Subtle): the 2x Lanczos resize is only sharpened; nothing new is invented."""
+UPSCALE_CREATIVE_STRENGTH = 0.45
+"""Upscale (Creative): the 2x resize gets new, finer detail (may change small features)."""
+UPSCALE_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -44,7 +97,9 @@ class GenerationRequest:
     guidance: float = 7.0
     operation: Operation = Operation.TXT2IMG
     init_image: Image.Image | None = field(default=None, compare=False)
-    strength: float = 0.6  # img2img only: 0 keeps the init image, 1 ignores it
+    strength: float = 0.6  # IMG2IMG only: 0 keeps the init image, 1 ignores it (other ops use their own)
+    model: str | None = None  # a model alias of the engine's registry; None = the engine's default
+    tile: bool = False  # seamless texture: circular padding on every conv layer
 
 
 @dataclass(frozen=True)
@@ -84,6 +139,10 @@ class EngineCancelled(EngineError):
 
 class EngineOutOfMemory(EngineError):
     """The device ran out of memory for this request."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine could not be reached or lost the job; the same request may be retried on another engine."""
 
 
 @runtime_checkable

@@ -1,13 +1,30 @@
-"""The in-process diffusers engine: one pipeline, one slot, work in a thread, progress back on the loop.
+"""The in-process diffusers engine: a short pipeline driver with one worker thread and dynamic batching.
 
-A short pipeline driver. ``generate`` captures the running event loop, runs the diffusers pipeline in a
-worker thread (the loop keeps serving Discord), and from the pipeline's ``callback_on_step_end``:
-checks the cancel token, builds a latent preview every N steps and hands a ``ProgressUpdate`` to the
-loop with ``call_soon_threadsafe`` — ``on_progress`` always runs on the loop thread.
+``generate`` validates the request, hands it to the engine's worker thread and awaits the result; the
+event loop keeps serving Discord meanwhile. The worker takes the oldest waiting job and, when batching is
+on (``max_batch > 1``), waits up to ``batch_window`` seconds for *compatible* jobs (same model, output
+size, steps, guidance, operation and strength, tile mode — see ``batch_key``) and runs them as one
+pipeline call with per-job prompts, negatives and seeds. From the pipeline's ``callback_on_step_end`` it
+checks every job's cancel token, builds each job's latent preview every N steps and hands a
+``ProgressUpdate`` to that job's loop with ``call_soon_threadsafe`` — ``on_progress`` always runs on the
+caller's loop thread. One cancelled job of a batch is answered at once and the others go on; an
+out-of-memory error splits the batch in halves and retries them instead of failing the jobs.
 
-All ``n`` tiles of a job run in one batched pipeline call with one CPU ``torch.Generator`` per tile seed
-(``engine.seeds.tile_seeds``), so tile ``i`` of a grid equals a one-image job with seed ``seed + i``
-(up to batched-float tolerance), on any device.
+``slots = max_batch``: the bot's scheduler runs that many workers, so that many jobs can reach the engine
+at once and be batched; the scheduler's priority order decides which jobs those are.
+
+Seeds: every image row has its own CPU ``torch.Generator`` seeded with ``tile_seeds(seed, n)[i]``, and the
+init images of image operations are VAE-encoded deterministically (the latent mean) per job, so a job
+gives the same images alone, in a grid or in a batch (up to batched-float tolerance), on any device.
+
+Operations (numbers in ``engine.base``): VARY_* and IMG2IMG are img2img at fixed/own strengths;
+UPSCALE_* resize 2x (Lanczos) then run img2img, in overlapping tiles blended with linear ramps when the
+output is larger than ``upscale_tile``; outpainting (ZOOM_OUT_*, MAKE_SQUARE, PAN_*) puts the original on
+a larger canvas (``engine.geometry``) and runs the inpainting pipeline: with a real inpainting UNet
+(9 input channels) when the model has one, else — the fallback — diffusers' latent-blending inpainting
+with the model's own 4-channel UNet (the known area is re-noised from the original at every step); either
+way the original pixels are pasted back unchanged. ``tile=True`` switches every conv layer of the UNet and
+VAE to circular padding for the call (seamless textures).
 """
 
 from __future__ import annotations
@@ -16,14 +33,23 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import threading
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from engine.base import (
+    UPSCALE_CREATIVE_STRENGTH,
+    UPSCALE_SUBTLE_STRENGTH,
+    VARY_STRONG_STRENGTH,
+    VARY_SUBTLE_STRENGTH,
     CancelToken,
     EngineCancelled,
     EngineError,
@@ -33,7 +59,17 @@ from engine.base import (
     ProgressCallback,
     ProgressUpdate,
 )
+from engine.geometry import (
+    blend_weights,
+    outpaint_canvas,
+    outpaint_layout,
+    outpaint_mask,
+    output_size,
+    paste_original,
+    tile_boxes,
+)
 from engine.loading import img2img_pipeline, load_pipeline, model_family, resolve_device
+from engine.models import LRUCache, ModelRegistry, ModelSpec
 from engine.previews import PreviewCadence, X0Capture, latent_preview, latent_rgb_factors
 from engine.seeds import tile_seeds
 from engine.sizes import SIZE_MULTIPLE
@@ -42,15 +78,118 @@ log = logging.getLogger(__name__)
 
 Report = Callable[[ProgressUpdate], None]
 
+MAX_SIDE = 4096
+"""No output side may exceed this (upscales of upscales included)."""
+
+_IMG2IMG_OPERATIONS = (Operation.IMG2IMG, Operation.VARY_SUBTLE, Operation.VARY_STRONG)
+
 
 class _Interrupted(Exception):
     """Raised inside the pipeline's step callback to stop denoising at once (no final VAE decode)."""
 
 
-class LocalDiffusersEngine:
-    """Runs a diffusers Stable Diffusion pipeline in this process (``slots = 1``)."""
+def strength_of(request: GenerationRequest) -> float:
+    """The img2img strength an operation runs at (1.0 for text-to-image and outpainting)."""
+    return {
+        Operation.IMG2IMG: request.strength,
+        Operation.VARY_SUBTLE: VARY_SUBTLE_STRENGTH,
+        Operation.VARY_STRONG: VARY_STRONG_STRENGTH,
+        Operation.UPSCALE_SUBTLE: UPSCALE_SUBTLE_STRENGTH,
+        Operation.UPSCALE_CREATIVE: UPSCALE_CREATIVE_STRENGTH,
+    }.get(request.operation, 1.0)
 
-    slots = 1
+
+def effective_steps(request: GenerationRequest) -> int:
+    """Steps passed to the pipeline: fixed-strength operations get at least one real denoising step."""
+    strength = strength_of(request)
+    if request.operation in (Operation.TXT2IMG, Operation.IMG2IMG) or strength >= 1.0:
+        return request.steps
+    return max(request.steps, math.ceil(1 / strength))
+
+
+def final_size(request: GenerationRequest) -> tuple[int, int]:
+    init = request.init_image.size if request.init_image is not None else None
+    return output_size(request.operation, request.width, request.height, init)
+
+
+def batch_key(request: GenerationRequest, model: str) -> tuple[Any, ...] | None:
+    """Requests with equal keys can share one denoising call; None = always alone."""
+    if request.operation not in (Operation.TXT2IMG, *_IMG2IMG_OPERATIONS):
+        return None
+    return (
+        model,
+        request.width,
+        request.height,
+        effective_steps(request),
+        request.guidance,
+        request.guidance > 1.0,  # CFG on/off
+        request.operation,
+        strength_of(request),
+        request.tile,
+    )
+
+
+@dataclass
+class _Loaded:
+    """One model's pipelines (sharing components) and its preview helpers."""
+
+    spec: ModelSpec
+    txt2img: Any
+    img2img: Any
+    inpaint: Any
+    capture: X0Capture
+    factors: torch.Tensor
+    native_inpaint: bool
+
+    def size_bytes(self) -> int:
+        total = 0
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            module = getattr(self.txt2img, name, None)
+            if isinstance(module, torch.nn.Module):
+                total += sum(p.numel() * p.element_size() for p in module.parameters())
+        return total
+
+
+@dataclass(eq=False)
+class _Job:
+    request: GenerationRequest
+    model: str
+    report: Report | None
+    is_cancelled: Callable[[], bool]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[Image.Image]]
+    outcome: list[Image.Image] | BaseException | None = None
+    delivered: bool = False
+    key: tuple[Any, ...] | None = field(default=None)
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def finish(self, outcome: list[Image.Image] | BaseException) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+
+    def deliver(self) -> None:
+        if self.delivered or self.outcome is None:
+            return
+        self.delivered = True
+        outcome = self.outcome
+
+        def resolve() -> None:
+            if self.future.done():
+                return
+            if isinstance(outcome, BaseException):
+                self.future.set_exception(outcome)
+            else:
+                self.future.set_result(outcome)
+
+        with contextlib.suppress(RuntimeError):  # the caller's loop closed: nobody is waiting
+            self.loop.call_soon_threadsafe(resolve)
+
+
+class LocalDiffusersEngine:
+    """Runs diffusers Stable Diffusion pipelines in this process (``slots = max_batch``)."""
 
     def __init__(
         self,
@@ -61,26 +200,90 @@ class LocalDiffusersEngine:
         name: str = "local",
         config_folder: str | None = None,
         dtype: torch.dtype | None = None,
+        registry: ModelRegistry | None = None,
+        max_batch: int = 1,
+        batch_window: float = 0.025,
+        cache_bytes: int = 0,
+        upscale_tile: int = 768,
+        channels_last: bool = False,
+        compile_unet: bool = False,
     ) -> None:
         self.name = name
         self.model = model
         self.device = device
         self.cadence = PreviewCadence(preview_every)
-        self._config_folder = config_folder
+        if registry is None:
+            registry = ModelRegistry.single(model, config_folder=config_folder)
+        elif model in registry:
+            registry = ModelRegistry(list(registry.specs.values()), model)
+        self.registry = registry
+        self.max_batch = max(1, max_batch)
+        self.slots = self.max_batch
+        self.batch_window = batch_window
+        self.upscale_tile = max(64, upscale_tile - upscale_tile % SIZE_MULTIPLE)
+        self.channels_last = channels_last
+        self.compile_unet = compile_unet
         self._dtype = dtype
-        self._txt2img: Any = None
-        self._img2img: Any = None
-        self._capture: X0Capture | None = None
-        self._factors: torch.Tensor | None = None
-        self._lock = threading.Lock()  # one slot: held by the worker thread for the whole run
+        self._cache: LRUCache[str, _Loaded] = LRUCache(cache_bytes, _Loaded.size_bytes, self._release)
+        self._lock = threading.Lock()  # held by the worker thread while it runs a batch
+        self._cond = threading.Condition()
+        self._pending: deque[_Job] = deque()
+        self._worker: threading.Thread | None = None
+        self._stopping = False
+        self._started = False
+        self.stats = EngineStats()
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> LocalDiffusersEngine:
+        """Build from ``engine.settings.EngineSettings`` (or any object with the same attributes)."""
+        from engine.models import load_registry
+
+        registry = None
+        if getattr(settings, "models_file", None):
+            registry = load_registry(settings.models_file, default_source=settings.model)
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(
+            getattr(settings, "engine_dtype", "auto")
+        )
+        values: dict[str, Any] = dict(
+            preview_every=getattr(settings, "engine_preview_every", 1),
+            registry=registry,
+            dtype=dtype,
+            max_batch=getattr(settings, "engine_batch_max", 1),
+            batch_window=getattr(settings, "engine_batch_window_ms", 25.0) / 1000,
+            cache_bytes=int(getattr(settings, "engine_model_cache_gb", 0.0) * 2**30),
+            upscale_tile=getattr(settings, "engine_upscale_tile", 768),
+            channels_last=getattr(settings, "engine_channels_last", False),
+            compile_unet=getattr(settings, "engine_torch_compile", False),
+        )
+        values.update(overrides)
+        return cls(settings.model, settings.device, **values)
+
+    # -- public API --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the model in a worker thread (loading takes seconds to minutes)."""
-        if self._txt2img is None:
-            await asyncio.to_thread(self._load)
+        """Load the default model in a worker thread (loading takes seconds to minutes)."""
+        if not self._started:
+            await asyncio.to_thread(self._pipelines, None)
+            self._started = True
+        with self._cond:
+            if self._worker is None or not self._worker.is_alive():
+                self._stopping = False
+                self._worker = threading.Thread(target=self._work, name=f"engine-{self.name}", daemon=True)
+                self._worker.start()
 
     async def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            await asyncio.to_thread(worker.join)
+        for job in list(self._pending):
+            job.finish(EngineError("the engine stopped"))
+            job.deliver()
+        self._pending.clear()
         await asyncio.to_thread(self._unload)
+        self._started = False
 
     async def generate(
         self,
@@ -88,12 +291,13 @@ class LocalDiffusersEngine:
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> list[Image.Image]:
-        """Make ``request.n`` RGB images of exactly ``request.width`` x ``request.height``."""
-        if self._txt2img is None:
+        """Make ``request.n`` RGB images of exactly ``final_size(request)``."""
+        if not self._started or self._worker is None:
             raise EngineError("the local engine is not started")
         _validate(request)
+        spec = self.registry.get(request.model)
         loop = asyncio.get_running_loop()
-        abandoned = threading.Event()  # our awaiting task was cancelled: stop the thread too
+        abandoned = threading.Event()  # our awaiting task was cancelled: stop the work too
 
         def is_cancelled() -> bool:
             return abandoned.is_set() or (cancel is not None and cancel.cancelled)
@@ -106,92 +310,349 @@ class LocalDiffusersEngine:
                 with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody is listening
                     loop.call_soon_threadsafe(callback, update)
 
-        work = asyncio.ensure_future(asyncio.to_thread(self._run, request, report, is_cancelled))
+        job = _Job(request, spec.alias, report, is_cancelled, loop, loop.create_future())
+        job.key = batch_key(request, spec.alias)
+        with self._cond:
+            self._pending.append(job)
+            self._cond.notify_all()
         try:
-            return await asyncio.shield(work)
+            return await asyncio.shield(job.future)
         except asyncio.CancelledError:
             abandoned.set()
+            with self._cond:
+                if job in self._pending:  # never started: nothing to wait for
+                    self._pending.remove(job)
+                    raise
             with contextlib.suppress(BaseException):
-                await work  # return only once the thread has really stopped
+                await job.future  # return only once the worker has really let go of it
             raise
+
+    def model_spec(self, alias: str | None = None) -> ModelSpec:
+        """The registry entry (defaults: resolution, steps, guidance) of a model alias."""
+        return self.registry.get(alias)
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._pending)
 
     # -- worker thread -------------------------------------------------------------------------------
 
-    def _load(self) -> None:
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            with self._lock:
+                self._run_batch(batch)
+            for job in batch:
+                job.deliver()
+
+    def _next_batch(self) -> list[_Job] | None:
+        with self._cond:
+            while True:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return None
+                first = self._pending.popleft()
+                if first.is_cancelled():  # the one check before the run
+                    first.finish(EngineCancelled("cancelled"))
+                    first.deliver()
+                    continue
+                break
+            batch = [first]
+            if first.key is None or self.max_batch <= 1:
+                return batch
+            deadline = time.monotonic() + self.batch_window
+            while len(batch) < self.max_batch and not self._stopping:
+                for job in list(self._pending):
+                    if len(batch) >= self.max_batch:
+                        break
+                    if job.key == first.key:
+                        self._pending.remove(job)
+                        batch.append(job)
+                remaining = deadline - time.monotonic()
+                if len(batch) >= self.max_batch or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        live = [job for job in batch if not job.done]
+        if not live:
+            return
+        started = time.perf_counter()
+        try:
+            results = self._denoise(live)
+        except _Interrupted:
+            for job in live:
+                log.info("generation cancelled seed=%s", job.request.seed)
+                job.finish(EngineCancelled("cancelled"))
+            return
+        except Exception as error:
+            if _is_out_of_memory(error):
+                _free_device_memory()
+                if len(live) > 1:
+                    half = len(live) // 2
+                    log.warning("out of memory at batch %s: splitting into %s + %s", len(live), half, len(live) - half)
+                    self.stats.oom_splits += 1
+                    self._run_batch(live[:half])
+                    self._run_batch(live[half:])
+                    return
+                request = live[0].request
+                log.warning("out of memory n=%s size=%sx%s", request.n, request.width, request.height)
+                live[0].finish(
+                    EngineOutOfMemory(f"out of memory making {request.n} image(s) at {request.width}x{request.height}")
+                )
+                return
+            if isinstance(error, EngineError):
+                for job in live:
+                    job.finish(error)
+                return
+            log.exception("generation failed seeds=%s", [job.request.seed for job in live])
+            for job in live:
+                job.finish(EngineError(f"image generation failed ({type(error).__name__})"))
+            return
+        elapsed = time.perf_counter() - started
+        images = 0
+        for job, result in zip(live, results, strict=True):
+            if not job.done:
+                job.finish(result)
+                images += len(result)
+        self.stats.record(images, elapsed, effective_steps(live[0].request))
+
+    def _denoise(self, jobs: list[_Job]) -> list[list[Image.Image]]:
+        first = jobs[0].request
+        loaded = self._pipelines(jobs[0].model)
+        with seamless(loaded.txt2img, first.tile):
+            if first.operation.is_upscale:
+                return [self._upscale(loaded, jobs[0])]
+            if first.operation.is_outpaint:
+                return [self._outpaint(loaded, jobs[0])]
+            return self._txt2img_or_img2img(loaded, jobs)
+
+    def _step_callback(
+        self, loaded: _Loaded, jobs: list[_Job], rows: list[int], *, step_offset: int = 0, total: int | None = None,
+        previews: bool = True,
+    ) -> Callable[..., dict[str, Any]]:
+        """``callback_on_step_end`` for a batch whose job ``j`` starts at latent row ``rows[j]``."""
+        capture, factors, cadence = loaded.capture, loaded.factors, self.cadence
+        capture.reset()
+        single = len(jobs) == 1
+
+        def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            running = [job for job in jobs if not job.done]
+            for job in running:
+                if job.is_cancelled():
+                    if single or all(other.done or other is job for other in running):
+                        raise _Interrupted
+                    job.finish(EngineCancelled("cancelled"))
+                    job.deliver()  # the others go on
+            step = step_offset + index + 1
+            all_steps = total or pipe.num_timesteps
+            for j, job in enumerate(jobs):
+                if job.done or job.report is None:
+                    continue
+                preview = None
+                if previews and cadence.wants(step, all_steps):
+                    x0 = capture.x0 if capture.x0 is not None else tensors["latents"]
+                    preview = latent_preview(x0[rows[j] : rows[j] + 1], factors)
+                job.report(ProgressUpdate(step=step, total=all_steps, preview=preview))
+            return tensors
+
+        return on_step_end
+
+    def _txt2img_or_img2img(self, loaded: _Loaded, jobs: list[_Job]) -> list[list[Image.Image]]:
+        first = jobs[0].request
+        prompts, negatives, generators, rows = [], [], [], []
+        for job in jobs:
+            r = job.request
+            rows.append(len(prompts))
+            prompts += [r.prompt] * r.n
+            negatives += [r.negative_prompt] * r.n
+            generators += [torch.Generator("cpu").manual_seed(s) for s in tile_seeds(r.seed, r.n)]
+        arguments: dict[str, Any] = {
+            "prompt": prompts,
+            "negative_prompt": negatives,
+            "num_images_per_prompt": 1,
+            "num_inference_steps": effective_steps(first),
+            "guidance_scale": first.guidance,
+            "generator": generators,
+            "callback_on_step_end": self._step_callback(loaded, jobs, rows),
+            "output_type": "pil",
+        }
+        if first.operation == Operation.TXT2IMG:
+            output = loaded.txt2img(width=first.width, height=first.height, **arguments)
+        else:
+            latents = torch.cat(
+                [
+                    self._encode(loaded, job.request.init_image, first.width, first.height).repeat(job.request.n, 1, 1, 1)
+                    for job in jobs
+                ]
+            )
+            output = loaded.img2img(image=latents, strength=strength_of(first), **arguments)
+        images = [_exact(image, first.width, first.height) for image in output.images]
+        return [images[rows[j] : rows[j] + job.request.n] for j, job in enumerate(jobs)]
+
+    def _encode(self, loaded: _Loaded, image: Image.Image | None, width: int, height: int) -> torch.Tensor:
+        """The deterministic (mean) latent of ``image`` resized to ``width`` x ``height``, scaled for the UNet."""
+        assert image is not None
+        pipe = loaded.img2img
+        pixels = pipe.image_processor.preprocess(
+            image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+        ).to(device=pipe.vae.device, dtype=pipe.vae.dtype)
+        with torch.no_grad():
+            latent = pipe.vae.encode(pixels).latent_dist.mode()
+        return latent * pipe.vae.config.scaling_factor
+
+    def _upscale(self, loaded: _Loaded, job: _Job) -> list[Image.Image]:
+        request = job.request
+        assert request.init_image is not None
+        width, height = final_size(request)
+        big = request.init_image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+        overlap = max(SIZE_MULTIPLE, (self.upscale_tile // 8) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+        boxes = tile_boxes(width, height, self.upscale_tile, overlap)
+        steps = effective_steps(request)
+        per_tile = int(steps * strength_of(request))
+        total = per_tile * len(boxes)
+        accumulated = np.zeros((request.n, height, width, 3), dtype=np.float32)
+        weights = np.zeros((height, width, 1), dtype=np.float32)
+        for index, box in enumerate(boxes):
+            crop = big.crop(box)
+            generators = [torch.Generator("cpu").manual_seed(s) for s in tile_seeds(request.seed, request.n)]
+            output = loaded.img2img(
+                image=self._encode(loaded, crop, crop.width, crop.height).repeat(request.n, 1, 1, 1),
+                strength=strength_of(request),
+                prompt=[request.prompt] * request.n,
+                negative_prompt=[request.negative_prompt] * request.n,
+                num_inference_steps=steps,
+                guidance_scale=request.guidance,
+                generator=generators,
+                callback_on_step_end=self._step_callback(
+                    loaded, [job], [0], step_offset=index * per_tile, total=total, previews=index == 0
+                ),
+                output_type="np",
+            )
+            ramp = blend_weights(crop.width, crop.height, overlap if len(boxes) > 1 else 0)
+            left, top, right, bottom = box
+            accumulated[:, top:bottom, left:right] += output.images * ramp
+            weights[top:bottom, left:right] += ramp
+        pixels = (accumulated / np.maximum(weights, 1e-6) * 255).round().clip(0, 255).astype(np.uint8)
+        return [Image.fromarray(p) for p in pixels]
+
+    def _outpaint(self, loaded: _Loaded, job: _Job) -> list[Image.Image]:
+        request = job.request
+        assert request.init_image is not None
+        original = request.init_image.convert("RGB")
+        layout = outpaint_layout(original.width, original.height, request.operation)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in tile_seeds(request.seed, request.n)]
+        output = loaded.inpaint(
+            prompt=[request.prompt] * request.n,
+            negative_prompt=[request.negative_prompt] * request.n,
+            image=outpaint_canvas(original, layout),
+            mask_image=outpaint_mask(layout),
+            width=layout.width,
+            height=layout.height,
+            strength=1.0,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            generator=generators,
+            callback_on_step_end=self._step_callback(loaded, [job], [0]),
+            output_type="pil",
+        )
+        return [paste_original(image, original, layout) for image in output.images]
+
+    # -- models ----------------------------------------------------------------------------------------
+
+    def _pipelines(self, alias: str | None) -> _Loaded:
+        spec = self.registry.get(alias)
+        return self._cache.get(spec.alias, lambda: self._load(spec))
+
+    def _load(self, spec: ModelSpec) -> _Loaded:
+        from diffusers import AutoPipelineForInpainting
+
         device = resolve_device(self.device)
-        pipe = load_pipeline(self.model, device, dtype=self._dtype, config_folder=self._config_folder)
-        self._img2img = img2img_pipeline(pipe)
-        self._capture = X0Capture(pipe.scheduler)  # the img2img pipeline shares this scheduler
-        self._factors = latent_rgb_factors(model_family(pipe))
-        self._txt2img = pipe
+        pipe = load_pipeline(spec.source, device, dtype=self._dtype, config_folder=spec.config_folder)
+        if self.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+        if self.compile_unet:
+            pipe.unet = torch.compile(pipe.unet, mode="max-autotune", fullgraph=False)
+        img2img = img2img_pipeline(pipe)
+        try:
+            inpaint = AutoPipelineForInpainting.from_pipe(pipe)
+            inpaint.set_progress_bar_config(disable=True)
+        except Exception as error:  # e.g. a pipeline family without an inpainting variant
+            log.warning("no inpainting pipeline for %s: %r", spec.alias, error)
+            inpaint = None
+        attention = "SDPA" if hasattr(torch.nn.functional, "scaled_dot_product_attention") else "eager"
+        native = getattr(pipe.unet.config, "in_channels", 4) == 9
+        log.info(
+            "engine model=%s source=%s device=%s dtype=%s attention=%s channels_last=%s compile=%s "
+            "batch_max=%s inpaint=%s",
+            spec.alias, spec.source, device, pipe.unet.dtype, attention, self.channels_last,
+            self.compile_unet, self.max_batch, "native" if native else "latent-blend fallback",
+        )
+        return _Loaded(
+            spec=spec,
+            txt2img=pipe,
+            img2img=img2img,
+            inpaint=inpaint,
+            capture=X0Capture(pipe.scheduler),  # the img2img and inpaint pipelines share this scheduler
+            factors=latent_rgb_factors(model_family(pipe)),
+            native_inpaint=native,
+        )
+
+    @staticmethod
+    def _release(loaded: _Loaded) -> None:
+        loaded.capture.detach()
+        log.info("engine model unloaded model=%s", loaded.spec.alias)
+        _free_device_memory()
 
     def _unload(self) -> None:
         with self._lock:
-            if self._capture is not None:
-                self._capture.detach()
-            self._txt2img = self._img2img = self._capture = None
-            _free_device_memory()
+            self._cache.clear()
 
-    def _run(
-        self, request: GenerationRequest, report: Report | None, is_cancelled: Callable[[], bool]
-    ) -> list[Image.Image]:
-        with self._lock:
-            if is_cancelled():
-                raise EngineCancelled("cancelled")
-            try:
-                images = self._denoise(request, report, is_cancelled)
-            except _Interrupted:
-                log.info("generation cancelled seed=%s", request.seed)
-                raise EngineCancelled("cancelled") from None
-            except Exception as error:
-                if _is_out_of_memory(error):
-                    log.warning("out of memory n=%s size=%sx%s", request.n, request.width, request.height)
-                    _free_device_memory()
-                    raise EngineOutOfMemory(
-                        f"out of memory making {request.n} image(s) at {request.width}x{request.height}"
-                    ) from error
-                log.exception("generation failed seed=%s", request.seed)
-                raise EngineError(f"image generation failed ({type(error).__name__})") from error
-        return [_exact_size(image, request) for image in images]
+    def loaded_models(self) -> list[str]:
+        return self._cache.keys()
 
-    def _denoise(
-        self, request: GenerationRequest, report: Report | None, is_cancelled: Callable[[], bool]
-    ) -> list[Image.Image]:
-        assert self._capture is not None and self._factors is not None
-        capture, factors, cadence = self._capture, self._factors, self.cadence
-        capture.reset()
 
-        def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if is_cancelled():
-                raise _Interrupted
-            if report is not None:
-                step, total = index + 1, pipe.num_timesteps
-                preview = None
-                if cadence.wants(step, total):
-                    x0 = capture.x0 if capture.x0 is not None else tensors["latents"]
-                    preview = latent_preview(x0, factors)
-                report(ProgressUpdate(step=step, total=total, preview=preview))
-            return tensors
+@dataclass
+class EngineStats:
+    """Counters for ``/metrics``: images made, seconds spent, seconds per denoising step (last batch)."""
 
-        arguments: dict[str, Any] = {
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt or None,
-            "num_images_per_prompt": request.n,
-            "num_inference_steps": request.steps,
-            "guidance_scale": request.guidance,
-            "generator": [torch.Generator("cpu").manual_seed(s) for s in tile_seeds(request.seed, request.n)],
-            "callback_on_step_end": on_step_end,
-            "output_type": "pil",
-        }
-        if request.operation == Operation.IMG2IMG:
-            assert request.init_image is not None
-            init = request.init_image.convert("RGB").resize(
-                (request.width, request.height), Image.Resampling.LANCZOS
-            )
-            output = self._img2img(image=init, strength=request.strength, **arguments)
-        else:
-            output = self._txt2img(width=request.width, height=request.height, **arguments)
-        return list(output.images)
+    images: int = 0
+    busy_seconds: float = 0.0
+    last_step_seconds: float = 0.0
+    batches: int = 0
+    oom_splits: int = 0
+
+    def record(self, images: int, seconds: float, steps: int) -> None:
+        self.images += images
+        self.busy_seconds += seconds
+        self.batches += 1
+        self.last_step_seconds = seconds / max(1, steps)
+
+
+@contextlib.contextmanager
+def seamless(pipe: Any, enabled: bool) -> Iterator[None]:
+    """Circular padding on every ``Conv2d`` of the UNet and VAE while the block runs (then restored)."""
+    if not enabled:
+        yield
+        return
+    convs = [
+        module
+        for name in ("unet", "vae")
+        for module in getattr(pipe, name).modules()
+        if isinstance(module, torch.nn.Conv2d)
+    ]
+    saved = [conv.padding_mode for conv in convs]
+    for conv in convs:
+        conv.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for conv, mode in zip(convs, saved, strict=True):
+            conv.padding_mode = mode
 
 
 def _validate(request: GenerationRequest) -> None:
@@ -201,13 +662,16 @@ def _validate(request: GenerationRequest) -> None:
         raise EngineError(f"width and height must be multiples of {SIZE_MULTIPLE}")
     if request.n < 1 or request.steps < 1:
         raise EngineError("n and steps must be at least 1")
+    if request.operation.needs_image and request.init_image is None:
+        raise EngineError(f"{request.operation.value} needs an init image")
     if request.operation == Operation.IMG2IMG:
-        if request.init_image is None:
-            raise EngineError("img2img needs an init image")
         if not 0.0 < request.strength <= 1.0:
             raise EngineError("strength must be in (0, 1]")
         if int(request.steps * request.strength) < 1:
             raise EngineError(f"strength {request.strength} leaves no denoising steps out of {request.steps}")
+    width, height = final_size(request)
+    if max(width, height) > MAX_SIDE:
+        raise EngineError(f"the result would be {width}x{height}; the largest side allowed is {MAX_SIDE}")
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -225,8 +689,8 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _exact_size(image: Image.Image, request: GenerationRequest) -> Image.Image:
+def _exact(image: Image.Image, width: int, height: int) -> Image.Image:
     image = image.convert("RGB")
-    if image.size != (request.width, request.height):
-        image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image

@@ -234,12 +234,11 @@ class Exploding:
 
 
 async def test_out_of_memory_and_other_errors(tiny_engine, monkeypatch):
-    monkeypatch.setattr(
-        tiny_engine, "_txt2img", Exploding(RuntimeError("CUDA out of memory. Tried to allocate"))
-    )
+    pipes = tiny_engine._pipelines(None)
+    monkeypatch.setattr(pipes, "txt2img", Exploding(RuntimeError("CUDA out of memory. Tried to allocate")))
     with pytest.raises(EngineOutOfMemory, match="out of memory"):
         await tiny_engine.generate(request())
-    monkeypatch.setattr(tiny_engine, "_txt2img", Exploding(ValueError("secret /home/me/path detail")))
+    monkeypatch.setattr(pipes, "txt2img", Exploding(ValueError("secret /home/me/path detail")))
     with pytest.raises(EngineError) as raised:
         await tiny_engine.generate(request())
     assert type(raised.value) is EngineError and "secret" not in str(raised.value)

@@ -1,0 +1,64 @@
+"""Engine-side settings: one typed object from the environment (and an optional ``.env``).
+
+The model settings share their names with the bot's (``MODEL``, ``MODEL_RESOLUTION``, ``MODEL_STEPS``,
+``DEVICE``), so one ``.env`` configures both. Engine-only settings start with ``ENGINE_`` (or are the
+documented ``MODELS_FILE``). This module must not import ``bot``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EngineSettingsError(Exception):
+    """Settings are missing or invalid; ``str()`` is one line per problem."""
+
+
+class EngineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    model: str = Field(
+        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="Default model: hub id, diffusers folder, single .safetensors file, or an alias of MODELS_FILE.",
+    )
+    model_resolution: int = Field(default=512, ge=64, le=2048)
+    model_steps: int = Field(default=25, ge=1, le=150)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    models_file: Path | None = Field(default=None, description="TOML registry of model aliases.")
+    engine_token: SecretStr | None = Field(default=None, description="Bearer token of the engine server.")
+    engine_dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
+        default="auto", description="auto: fp16 on CUDA, fp32 on CPU."
+    )
+    engine_batch_max: int = Field(
+        default=1, ge=1, le=64, description="Jobs per denoising call; 1 = no batching."
+    )
+    engine_batch_window_ms: float = Field(
+        default=25.0, ge=0, le=5000, description="How long a job waits for compatible companions."
+    )
+    engine_preview_every: int = Field(default=1, ge=0, description="A preview every N steps; 0 = none.")
+    engine_channels_last: bool = False
+    engine_torch_compile: bool = False
+    engine_model_cache_gb: float = Field(
+        default=0.0, ge=0, description="Memory budget of cached pipelines; 0 = keep only one model."
+    )
+    engine_upscale_tile: int = Field(
+        default=768, ge=64, le=4096, description="Creative/subtle upscales larger than this run in tiles."
+    )
+    engine_max_request_mb: float = Field(default=32.0, gt=0, le=512)
+    engine_max_jobs_kept: int = Field(default=1000, ge=10, description="Finished jobs the server remembers.")
+    log_level: str = "INFO"
+
+
+def load_engine_settings(**overrides: object) -> EngineSettings:
+    try:
+        return EngineSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = ".".join(str(p) for p in error["loc"]).upper() or "settings"
+            lines.append(f"{name}: {str(error['msg']).removeprefix('Value error, ')}")
+        raise EngineSettingsError("\n".join(lines)) from None
