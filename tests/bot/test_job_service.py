@@ -2,101 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
-
-import pytest
 from PIL import Image
 
-from bot.jobs import JobDefaults, JobService, Origin
 from bot.prompt import parse_prompt
-from bot.quotas import QuotaService
-from bot.scheduler import Scheduler
-from bot.tiers import TierConfig, load_tiers
-from engine.base import EngineOutOfMemory, ProgressUpdate
-from engine.local import LocalDiffusersEngine
-from storage.db import Database
-from storage.images import LocalImageStore
-from storage.jobs import JobRepository, StoredImage
-from storage.ledger import LedgerRepository
+from storage.jobs import StoredImage
 from storage.models import Job, JobKind
 from storage.states import JobState
-from storage.users import UserRepository
-
-
-class RecordingPresenter:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, object]] = []
-        self.progress_threads: set[bool] = set()
-
-    async def queued(self, job: Job, position: int | None) -> None:
-        self.events.append(("queued", job.id, position))
-
-    def progress(self, job: Job, update: ProgressUpdate) -> None:
-        self.events.append(("progress", job.id, (update.step, update.total)))
-
-    async def succeeded(self, job: Job, images: list[StoredImage]) -> None:
-        self.events.append(("succeeded", job.id, [image.index for image in images]))
-
-    async def failed(self, job: Job, reason: str) -> None:
-        self.events.append(("failed", job.id, reason))
-
-    def of(self, job_id: str, kind: str) -> list[object]:
-        return [value for event, jid, value in self.events if event == kind and jid == job_id]
-
-
-class OutOfMemoryEngine(LocalDiffusersEngine):
-    """The GPU boundary: what the real engine raises when the device runs out of memory."""
-
-    async def generate(self, request, on_progress=None, cancel=None):
-        raise EngineOutOfMemory("The GPU ran out of memory for this request.")
-
-
-@pytest.fixture
-async def parts(tmp_path, tiny_model_dir):
-    engine = LocalDiffusersEngine(str(tiny_model_dir), "cpu")
-    await engine.start()
-    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
-    yield engine, database, LocalImageStore(tmp_path / "images")
-    await database.close()
-    await engine.close()
-
-
-def service(parts, engine=None, tiers: TierConfig | None = None) -> tuple[JobService, RecordingPresenter]:
-    default_engine, database, store = parts
-    quotas = QuotaService(UserRepository(database), LedgerRepository(database), tiers or load_tiers())
-    jobs = JobService(
-        JobRepository(database),
-        store,
-        engine or default_engine,
-        Scheduler(),
-        JobDefaults(resolution=64, steps=3, model="tiny"),
-        quotas,
-        rng=random.Random(5),
-    )
-    presenter = RecordingPresenter()
-    jobs.presenter = presenter
-    return jobs, presenter
-
-
-async def run_until_done(jobs: JobService, job_ids: list[str], timeout: float = 30) -> list[Job]:
-    jobs.scheduler.start(1, jobs.run)
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                rows = [await jobs.repo.get(job_id) for job_id in job_ids]
-                if all(JobState(row.state).terminal for row in rows):
-                    return rows
-                await asyncio.sleep(0.05)
-    finally:
-        await jobs.scheduler.stop()
-
-
-ORIGIN = Origin(channel_id=1, guild_id=2, application_id=3, interaction_token="t", message_id=4)
-
-
-async def acknowledge() -> Origin:
-    return ORIGIN
+from tests.bot.support import OutOfMemoryEngine, acknowledge, run_until_done, service
 
 
 async def test_imagine_runs_through_every_state(parts):
