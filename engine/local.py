@@ -394,7 +394,9 @@ class LocalDiffusersEngine:
                 _free_device_memory()
                 if len(live) > 1:
                     half = len(live) // 2
-                    log.warning("out of memory at batch %s: splitting into %s + %s", len(live), half, len(live) - half)
+                    log.warning(
+                        "out of memory at batch %s: splitting into %s + %s", len(live), half, len(live) - half
+                    )
                     self.stats.oom_splits += 1
                     self._run_batch(live[:half])
                     self._run_batch(live[half:])
@@ -402,7 +404,9 @@ class LocalDiffusersEngine:
                 request = live[0].request
                 log.warning("out of memory n=%s size=%sx%s", request.n, request.width, request.height)
                 live[0].finish(
-                    EngineOutOfMemory(f"out of memory making {request.n} image(s) at {request.width}x{request.height}")
+                    EngineOutOfMemory(
+                        f"out of memory making {request.n} image(s) at {request.width}x{request.height}"
+                    )
                 )
                 return
             if isinstance(error, EngineError):
@@ -432,7 +436,13 @@ class LocalDiffusersEngine:
             return self._txt2img_or_img2img(loaded, jobs)
 
     def _step_callback(
-        self, loaded: _Loaded, jobs: list[_Job], rows: list[int], *, step_offset: int = 0, total: int | None = None,
+        self,
+        loaded: _Loaded,
+        jobs: list[_Job],
+        rows: list[int],
+        *,
+        step_offset: int = 0,
+        total: int | None = None,
         previews: bool = True,
     ) -> Callable[..., dict[str, Any]]:
         """``callback_on_step_end`` for a batch whose job ``j`` starts at latent row ``rows[j]``."""
@@ -486,7 +496,9 @@ class LocalDiffusersEngine:
         else:
             latents = torch.cat(
                 [
-                    self._encode(loaded, job.request.init_image, first.width, first.height).repeat(job.request.n, 1, 1, 1)
+                    self._encode(loaded, job.request.init_image, first.width, first.height).repeat(
+                        job.request.n, 1, 1, 1
+                    )
                     for job in jobs
                 ]
             )
@@ -589,8 +601,15 @@ class LocalDiffusersEngine:
         log.info(
             "engine model=%s source=%s device=%s dtype=%s attention=%s channels_last=%s compile=%s "
             "batch_max=%s inpaint=%s",
-            spec.alias, spec.source, device, pipe.unet.dtype, attention, self.channels_last,
-            self.compile_unet, self.max_batch, "native" if native else "latent-blend fallback",
+            spec.alias,
+            spec.source,
+            device,
+            pipe.unet.dtype,
+            attention,
+            self.channels_last,
+            self.compile_unet,
+            self.max_batch,
+            "native" if native else "latent-blend fallback",
         )
         return _Loaded(
             spec=spec,
