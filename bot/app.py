@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10.0
 """Seconds a stopping bot waits for running jobs before leaving them to the next start."""
 
-EXTENSIONS = ("cogs.presenter", "cogs.imagine", "cogs.buttons")
+EXTENSIONS = ("cogs.presenter", "cogs.imagine", "cogs.buttons", "cogs.account", "cogs.admin")
 
 
 class ImagineBot(commands.Bot):

@@ -252,7 +252,7 @@ class FairQueue:
         deadlines: list[_DeadlineRecord],
     ) -> None:
         key = head_time - head.priority * self.aging_seconds_per_level
-        heapq.heappush(fast if head.mode == "fast" else relax, (key, -head.priority, token, qkey))
+        heapq.heappush(fast if head.mode == "fast" else relax, (key, head.priority, token, qkey))
         cap = self._cap(head)
         if cap != math.inf:
             heapq.heappush(deadlines, (head_time + cap, key, -head.priority, token, qkey))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import statistics
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -107,6 +109,7 @@ class JobService:
         self.presenter: JobPresenter | None = None
         self._rng = rng or random.SystemRandom()
         self._cancel_tokens: dict[str, CancelToken] = {}
+        self._recent_engine_seconds: deque[float] = deque(maxlen=20)
 
     # -- creating jobs -------------------------------------------------------------------------
 
@@ -232,6 +235,7 @@ class JobService:
         job = await self.repo.transition(job_id, JobState.GENERATED, engine_seconds=engine_seconds)
         if engine_seconds:
             self.quotas.cost.observe(job, engine_seconds, len(images))
+            self._recent_engine_seconds.append(engine_seconds)
         await self._store_and_publish(job, images)
 
     async def _generate(self, job: Job, token: CancelToken) -> list[Image.Image]:
@@ -303,6 +307,13 @@ class JobService:
             return  # someone else ended it first
         log.info("job %s: %s (%s)", job.id, state, reason)
         await self._present("failed", job, reason)
+
+    def eta_seconds(self, position: int | None) -> float | None:
+        """Rough wait for the job at ``position`` in line: jobs ahead x the median recent job time / slots."""
+        if position is None:
+            return None
+        typical = statistics.median(self._recent_engine_seconds) if self._recent_engine_seconds else 10.0
+        return position * typical / max(1, self.engine.slots)
 
     # -- canceling -----------------------------------------------------------------------------
 

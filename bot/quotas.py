@@ -147,7 +147,7 @@ class QuotaService:
         if tier.relax:
             return Admission(tier, RELAX, 0.0, note="Your fast time is used up: this job runs in relax mode.")
         raise AdmissionRefused(
-            f"You have used your fast time ({_duration(used)} of {_duration(tier.fast_seconds)}). "
+            f"You have used your fast time ({format_duration(used)} of {format_duration(tier.fast_seconds)}). "
             f"It resets <t:{resets}:R>."
         )
 
@@ -237,7 +237,7 @@ class QuotaService:
         )
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     if seconds >= 3600:
         return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"

@@ -26,6 +26,19 @@ class Scheduler:
         self.running: set[str] = set()
         self._stopping = False
         self._idle = asyncio.Event()
+        self._open = asyncio.Event()
+        self._open.set()
+
+    def pause(self) -> None:
+        """Stop dispatching (running jobs finish; waiting ones keep their places)."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._open.is_set()
 
     def submit(self, job_id: str, priority: int = 0) -> None:
         """Queue a job once; submitting a job that is already waiting is a no-op."""
@@ -73,7 +86,12 @@ class Scheduler:
 
     async def _work(self, handler: JobHandler) -> None:
         while True:
+            await self._open.wait()
             entry = await self._queue.get()
+            if not self._open.is_set():  # paused while this worker waited for work
+                self._queue.put_nowait(entry)
+                await self._open.wait()
+                continue
             if self._stopping:
                 self._queue.put_nowait(entry)  # leave it for the next start
                 return

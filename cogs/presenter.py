@@ -76,7 +76,8 @@ class DiscordPresenter:
 
     async def queued(self, job: Job, position: int | None) -> None:
         where = f" · {position} in line" if position and position > 1 else ""
-        await self._edit(job, Stage.WAITING, content=f"{headline(job)} (Waiting to start{where})")
+        note = f"\n{job.params['note']}" if job.params.get("note") else ""
+        await self._edit(job, Stage.WAITING, content=f"{headline(job)} (Waiting to start{where}){note}")
 
     def progress(self, job: Job, update: ProgressUpdate) -> None:
         state = self._state(job.id)
@@ -95,7 +96,7 @@ class DiscordPresenter:
         await self._edit(
             job,
             Stage.FINAL,
-            content=f"{headline(job)} (fast)" if len(images) > 1 else headline(job),
+            content=f"{headline(job)} ({job.mode})" if len(images) > 1 else headline(job),
             file=discord.File(io.BytesIO(data), filename=name),
             view=result_view(job, len(images)),
         )
@@ -113,7 +114,7 @@ class DiscordPresenter:
         file = None
         if update.preview:
             file = discord.File(io.BytesIO(update.preview), filename="preview.jpg")
-        await self._edit(job, Stage.PROGRESS, content=f"{headline(job)} ({percent}%) (fast)", file=file)
+        await self._edit(job, Stage.PROGRESS, content=f"{headline(job)} ({percent}%) ({job.mode})", file=file)
 
     async def _stop_progress(self, job_id: str) -> None:
         state = self._state(job_id)

@@ -106,12 +106,14 @@ class JobRepository:
             )
             await session.commit()
 
-    async def unfinished(self) -> Sequence[Job]:
-        """Jobs a previous process left behind, oldest first."""
+    async def unfinished(self, user_id: int | None = None) -> Sequence[Job]:
+        """Jobs not yet in a terminal state (all, or one user's), oldest first."""
+        statement = (
+            select(Job).where(col(Job.state).not_in(list(TERMINAL_STATES))).order_by(col(Job.created_at))
+        )
+        if user_id is not None:
+            statement = statement.where(col(Job.user_id) == user_id)
         async with self.database.sessions() as session:
-            statement = (
-                select(Job).where(col(Job.state).not_in(list(TERMINAL_STATES))).order_by(col(Job.created_at))
-            )
             return (await session.exec(statement)).all()
 
     async def transitions(self, job_id: str) -> Sequence[JobTransition]:

@@ -112,3 +112,21 @@ async def test_stop_gives_up_after_the_grace_period():
     async with asyncio.timeout(1):
         await scheduler.stop(grace=0.1)
     assert scheduler.running == set()
+
+
+async def test_pause_holds_dispatch_and_resume_continues():
+    scheduler = Scheduler()
+    ran: list[str] = []
+
+    async def handler(job_id: str) -> None:
+        ran.append(job_id)
+
+    scheduler.start(1, handler)
+    scheduler.pause()
+    scheduler.submit("a")
+    await asyncio.sleep(0.05)
+    assert ran == [] and scheduler.paused and scheduler.position("a") == 1
+    scheduler.resume()
+    await asyncio.sleep(0.05)
+    await scheduler.stop()
+    assert ran == ["a"]

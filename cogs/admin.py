@@ -1,0 +1,214 @@
+"""`/admin ...`: tiers, quotas, bans, the queue, statistics and the audit log.
+
+Hidden from members by default permissions (Manage Server) *and* checked on every call against
+``ADMIN_USER_IDS`` / ``ADMIN_ROLE_IDS``: a server owner may grant the command to others in Discord's
+integration settings, but only configured admins can make it do anything. Every call is audited.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from datetime import UTC, datetime
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.quotas import format_duration
+from cogs.account import cancel_jobs, describe_job
+from storage.stats import StatsRepository
+
+log = logging.getLogger(__name__)
+
+REFUSAL = "Only the bot's admins can use /admin."
+MAX_LISTED = 15
+
+
+@app_commands.default_permissions(manage_guild=True)
+@app_commands.guild_only()
+class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage imaginebot (admins only)"):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:  # type: ignore[override]
+        if self.bot.is_admin(interaction.user):  # type: ignore[attr-defined]
+            return True
+        await interaction.response.send_message(REFUSAL, ephemeral=True)
+        log.info("refused /admin for user %s", interaction.user.id)
+        return False
+
+    async def cog_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        if isinstance(error, app_commands.CheckFailure):
+            return  # already answered by interaction_check
+        log.error("/admin failed", exc_info=error)
+        text = "That admin command failed; nothing was changed."
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+
+    async def _audit(
+        self, interaction: discord.Interaction, action: str, target: str = "", **details: Any
+    ) -> None:
+        await self.bot.audit.record(interaction.user.id, action, target, **details)  # type: ignore[attr-defined]
+
+    async def _reply(self, interaction: discord.Interaction, text: str) -> None:
+        await interaction.response.send_message(text[:2000], ephemeral=True)
+
+    @app_commands.command(name="tier", description="Set a member's tier")
+    @app_commands.describe(user="The member", tier="A tier name from the tiers file")
+    async def tier(self, interaction: discord.Interaction, user: discord.User, tier: str) -> None:
+        tiers = self.bot.tiers  # type: ignore[attr-defined]
+        if tier not in tiers.tiers:
+            await self._reply(
+                interaction,
+                f"Unknown tier `{discord.utils.escape_markdown(tier[:40])}`. "
+                f"Tiers: {', '.join(tiers.tiers)}.",
+            )
+            return
+        await self.bot.accounts.update(user.id, tier=tier)  # type: ignore[attr-defined]
+        await self._audit(interaction, "tier", str(user.id), tier=tier)
+        await self._reply(interaction, f"{user.mention} is now on the **{tier}** tier.")
+
+    @app_commands.command(name="quota", description="Grant extra fast time, or reset this period's usage")
+    @app_commands.describe(user="The member", action="grant or reset", minutes="Minutes to grant")
+    @app_commands.choices(
+        action=[
+            app_commands.Choice(name="grant", value="grant"),
+            app_commands.Choice(name="reset", value="reset"),
+        ]
+    )
+    async def quota(
+        self,
+        interaction: discord.Interaction,
+        user: discord.User,
+        action: str,
+        minutes: app_commands.Range[float, 0, 100_000] = 0.0,
+    ) -> None:
+        quotas = self.bot.quotas  # type: ignore[attr-defined]
+        if action == "grant":
+            if minutes <= 0:
+                await self._reply(interaction, "Give the minutes to grant, e.g. `minutes: 30`.")
+                return
+            await quotas.grant(user.id, minutes * 60, interaction.user.id)
+            text = f"Granted {format_duration(minutes * 60)} of fast time to {user.mention}."
+        else:
+            used = await quotas.reset(user.id, interaction.user.id)
+            text = f"Reset {user.mention}'s usage this period (was {format_duration(used)})."
+        await self._audit(interaction, f"quota {action}", str(user.id), minutes=minutes)
+        await self._reply(interaction, text)
+
+    @app_commands.command(name="ban", description="Stop a member from using the bot")
+    async def ban(
+        self, interaction: discord.Interaction, user: discord.User, reason: str | None = None
+    ) -> None:
+        await self.bot.accounts.update(user.id, banned=True, ban_reason=(reason or "")[:200] or None)  # type: ignore[attr-defined]
+        await self._audit(interaction, "ban", str(user.id), reason=reason)
+        await self._reply(interaction, f"{user.mention} is banned from imaginebot.")
+
+    @app_commands.command(name="unban", description="Let a banned member use the bot again")
+    async def unban(self, interaction: discord.Interaction, user: discord.User) -> None:
+        await self.bot.accounts.update(user.id, banned=False, ban_reason=None)  # type: ignore[attr-defined]
+        await self._audit(interaction, "unban", str(user.id))
+        await self._reply(interaction, f"{user.mention} may use imaginebot again.")
+
+    @app_commands.command(name="queue", description="List waiting and running jobs with their positions")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        bot = self.bot
+        jobs = await bot.jobs.repo.unfinished()  # type: ignore[attr-defined]
+        scheduler = bot.scheduler  # type: ignore[attr-defined]
+        jobs = sorted(jobs, key=lambda job: scheduler.position(job.id) or 0)
+        head = f"**Queue** — {scheduler.waiting} waiting, {len(scheduler.running)} running"
+        head += " · ⏸️ dispatch paused" if scheduler.paused else ""
+        lines = [head]
+        for job in jobs[:MAX_LISTED]:
+            position = scheduler.position(job.id)
+            lines.append(
+                f"• <@{job.user_id}> [{job.tier}] "
+                + describe_job(job, position, bot.jobs.eta_seconds(position))
+            )  # type: ignore[attr-defined]
+        if len(jobs) > MAX_LISTED:
+            lines.append(f"… and {len(jobs) - MAX_LISTED} more")
+        await self._audit(interaction, "queue")
+        await self._reply(interaction, "\n".join(lines))
+
+    @app_commands.command(name="cancel", description="Cancel any job")
+    async def cancel(self, interaction: discord.Interaction, job_id: str) -> None:
+        job = await self.bot.jobs.repo.find(job_id.strip().lower())  # type: ignore[attr-defined]
+        if job is None:
+            await self._reply(interaction, "No job with that id.")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        ended = await cancel_jobs(self.bot, [job.id])
+        await self._audit(interaction, "cancel", job.id, owner=job.user_id)
+        await interaction.edit_original_response(
+            content=f"Canceled `{job.id}`." if ended else f"`{job.id}` had already finished or is finishing."
+        )
+
+    @app_commands.command(name="pause", description="Stop starting new jobs (running ones finish)")
+    async def pause(self, interaction: discord.Interaction) -> None:
+        self.bot.scheduler.pause()  # type: ignore[attr-defined]
+        await self._audit(interaction, "pause")
+        await self._reply(interaction, "Dispatch paused: queued jobs wait until `/admin resume`.")
+
+    @app_commands.command(name="resume", description="Start dispatching queued jobs again")
+    async def resume(self, interaction: discord.Interaction) -> None:
+        self.bot.scheduler.resume()  # type: ignore[attr-defined]
+        await self._audit(interaction, "resume")
+        await self._reply(interaction, "Dispatch resumed.")
+
+    @app_commands.command(
+        name="stats", description="Jobs per state and tier, engine time and queue waits today"
+    )
+    async def stats(self, interaction: discord.Interaction) -> None:
+        bot = self.bot
+        stats = StatsRepository(bot.database)  # type: ignore[attr-defined]
+        today = bot.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)  # type: ignore[attr-defined]
+        by_state = await stats.jobs_by("state")
+        by_tier = await stats.jobs_by("tier", since=today)
+        waits = sorted(await stats.queue_waits(today))
+        lines = [
+            "**imaginebot stats** (today = since 00:00 UTC)",
+            "Jobs by state: " + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none"),
+            "Jobs today by tier: "
+            + (", ".join(f"{k or '?'} {v}" for k, v in sorted(by_tier.items())) or "none"),
+            f"Engine time today: {format_duration(await stats.engine_seconds(today))}",
+            f"Queue: {bot.scheduler.waiting} waiting, {len(bot.scheduler.running)} running"  # type: ignore[attr-defined]
+            + (" (paused)" if bot.scheduler.paused else ""),  # type: ignore[attr-defined]
+            "Wait in queue today: " + (_percentiles(waits) if waits else "no jobs started yet"),
+        ]
+        await self._audit(interaction, "stats")
+        await self._reply(interaction, "\n".join(lines))
+
+    @app_commands.command(name="audit", description="Recent admin actions")
+    async def audit(
+        self, interaction: discord.Interaction, count: app_commands.Range[int, 1, 50] = 10
+    ) -> None:
+        entries = await self.bot.audit.recent(count)  # type: ignore[attr-defined]
+        lines = ["**Recent admin actions**"] + [
+            f"<t:{int(_aware(e.at).timestamp())}:f> <@{e.actor_id}> {e.action} {e.target} "
+            + (" ".join(f"{k}={v}" for k, v in e.details.items() if v not in (None, "", 0, 0.0)))
+            for e in entries
+        ]
+        await self._audit(interaction, "audit")
+        await self._reply(interaction, "\n".join(lines) if entries else "No admin actions yet.")
+
+
+def _percentiles(values: list[float]) -> str:
+    p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+    return (
+        f"p50 {format_duration(statistics.median(values))}, p95 {format_duration(p95)} ({len(values)} jobs)"
+    )
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(AdminCog(bot))
