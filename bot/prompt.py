@@ -702,7 +702,7 @@ def _split_weights(text: str) -> tuple[tuple[str, float], ...]:
             raise PromptError("Multi-prompt: each `::` must follow some text, like `hot dog::2 bun::1`.")
         if abs(weight) > MAX_PART_WEIGHT:
             raise PromptError(
-                f"Multi-prompt weights must be from -{MAX_PART_WEIGHT:g} to {MAX_PART_WEIGHT:g}; "
+                f"Multi-prompt weights (::) must be from -{MAX_PART_WEIGHT:g} to {MAX_PART_WEIGHT:g}; "
                 f"{_shorten(match.group(1) if match else '')} is out of range."
             )
         parts.append((pending, weight))
@@ -711,7 +711,7 @@ def _split_weights(text: str) -> tuple[tuple[str, float], ...]:
         parts.append((pending, 1.0))
     if len(parts) > MAX_PARTS:
         raise PromptError(f"Multi-prompt: at most {MAX_PARTS} `::` parts, not {len(parts)}.")
-    total = round(sum(weight for _, weight in parts), 6)
+    total = round(sum(weight for _, weight in parts), 6) + 0.0  # no "-0"
     if total <= 0:
         raise PromptError(
             f"Multi-prompt weights (::) add up to {_format_number(total)}; the total must be above 0."
