@@ -347,7 +347,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = M
             image.draft("RGB", (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 scale
         image.seek(0)
         image.load()
-        frame = image
+        frame: Image.Image = image
         if frame.mode in ("RGBA", "LA", "PA") or (frame.mode == "P" and "transparency" in frame.info):
             rgba = frame.convert("RGBA")
             frame = Image.new("RGB", rgba.size, (255, 255, 255))
