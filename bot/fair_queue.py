@@ -62,7 +62,7 @@ and ``u`` user queues: ``push`` O(log u) (O(1) when the user already has a head)
 O(log u), ``remove`` O(log u) for a head or O(k) in a user queue of ``k`` jobs, ``len``/``waiting_for`` O(1).
 Stale records are at most two per head change and the heaps are compacted when they exceed twice the live
 heads. ``position`` simulates pops at ``now`` on copies: O(u + r log u) for a job ``r`` places from the
-front. ``bench/scheduler_throughput.py`` measures this with 10,000 jobs across 1,000 users.
+front (~35 ms for the last of 5,000 jobs in CPython); ``positions`` answers many jobs in one such pass. ``bench/scheduler_throughput.py`` measures this with 10,000 jobs across 1,000 users.
 """
 
 from __future__ import annotations
@@ -71,11 +71,10 @@ import heapq
 import itertools
 import math
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-Mode = Literal["fast", "relax"]
 MODES: tuple[str, ...] = ("fast", "relax")
 DEFAULT_MAX_WAIT: dict[str, float] = {"relax": 1800.0}
 
@@ -191,6 +190,19 @@ class FairQueue:
                 return place
         raise AssertionError("unreachable: a waiting job is always in the order")
 
+    def positions(self, now: float, job_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """Places of several jobs (default: all) from one simulated pass; absent jobs are left out."""
+        wanted = set(self._entries) if job_ids is None else {j for j in job_ids if j in self._entries}
+        found: dict[str, int] = {}
+        if not wanted:
+            return found
+        for place, entry in enumerate(self.order(now), start=1):
+            if entry.job_id in wanted:
+                found[entry.job_id] = place
+                if len(found) == len(wanted):
+                    break
+        return found
+
     def order(self, now: float) -> Iterator[QueueEntry]:
         """Waiting jobs in the order repeated ``pop(now)`` calls would return them; nothing is changed."""
         fast, relax, deadlines = list(self._fast), list(self._relax), list(self._deadlines)
@@ -252,7 +264,7 @@ class FairQueue:
         deadlines: list[_DeadlineRecord],
     ) -> None:
         key = head_time - head.priority * self.aging_seconds_per_level
-        heapq.heappush(fast if head.mode == "fast" else relax, (key, head.priority, token, qkey))
+        heapq.heappush(fast if head.mode == "fast" else relax, (key, -head.priority, token, qkey))
         cap = self._cap(head)
         if cap != math.inf:
             heapq.heappush(deadlines, (head_time + cap, key, -head.priority, token, qkey))

@@ -119,6 +119,8 @@ def test_position_agrees_with_pop_order():
         at += 17.0
     now = at + 100
     positions = {e.job_id: queue.position(e.job_id, now) for e in queue.entries()}
+    assert queue.positions(now) == positions
+    assert queue.positions(now, ["j3", "j7", "missing"]) == {"j3": positions["j3"], "j7": positions["j7"]}
     order = drain(queue, now)
     assert sorted(positions.values()) == list(range(1, 41))
     assert order == sorted(positions, key=lambda j: positions[j])
