@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import discord
 from discord.ext import commands
 
-from bot.jobs import JobDefaults, JobService
+from bot.jobs import JobDefaults, JobService, Timeouts
 from bot.quotas import QuotaService
 from bot.scheduler import Scheduler
 from bot.settings import Settings
@@ -42,6 +42,7 @@ class ImagineBot(commands.Bot):
         tiers: TierConfig | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         guild_ready_timeout: float = 2.0,
+        watchdog_interval: float = 15.0,
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channels and roles; no privileged intents needed
@@ -55,6 +56,8 @@ class ImagineBot(commands.Bot):
         self.engine = engine
         self.tiers = tiers or load_tiers(settings.tiers_file)
         self.now = now
+        self.watchdog_interval = watchdog_interval
+        self._watchdog: asyncio.Task[None] | None = None
         self.scheduler = Scheduler()
         self.database: Database | None = None
         self.jobs: JobService
@@ -67,12 +70,17 @@ class ImagineBot(commands.Bot):
         self.audit = AuditRepository(self.database)
         self.quotas = QuotaService(self.accounts, LedgerRepository(self.database), self.tiers, now=self.now)
         self.jobs = JobService(
-            JobRepository(self.database),
+            JobRepository(self.database, now=self.now),
             LocalImageStore(self.settings.images_dir),
             self.engine,
             self.scheduler,
             JobDefaults(self.settings.model_resolution, self.settings.model_steps, self.settings.model),
             self.quotas,
+            timeouts=Timeouts(
+                queue=self.settings.queue_timeout,
+                processing=self.settings.processing_timeout,
+                storing=self.settings.storing_timeout,
+            ),
         )
         for extension in EXTENSIONS:
             await self.load_extension(extension)
@@ -81,6 +89,18 @@ class ImagineBot(commands.Bot):
         if recovered:
             log.info("recovered %d unfinished jobs", recovered)
         self.scheduler.start(self.engine.slots, self.jobs.run)
+        self._watchdog = asyncio.create_task(self._watch(), name="watchdog")
+
+    async def _watch(self) -> None:
+        """Every few seconds: time limits per job state, and messages whose tokens are about to die."""
+        while True:
+            await asyncio.sleep(self.watchdog_interval)
+            try:
+                await self.jobs.enforce_timeouts(self.now())
+                if self.jobs.presenter is not None:
+                    await self.jobs.presenter.move_aging_messages()  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("watchdog round failed")
 
     async def _sync_commands(self) -> None:
         if self.settings.discord_guild_id:
@@ -109,6 +129,8 @@ class ImagineBot(commands.Bot):
         async with self._close_lock:
             if self._shut_down:
                 return
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             await self.scheduler.stop(grace=SHUTDOWN_GRACE)
             await super().close()
             if self.database is not None:

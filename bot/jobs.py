@@ -16,12 +16,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from PIL import Image
 
 from bot.prompt import ParsedPrompt
-from bot.quotas import QuotaService
+from bot.quotas import QuotaService, format_duration
 from bot.scheduler import Scheduler
 from engine.base import (
     MAX_SEED,
@@ -41,6 +42,15 @@ from storage.models import Job, JobKind
 from storage.states import InvalidTransition, JobState
 
 log = logging.getLogger(__name__)
+
+_PHASE = {
+    JobState.DRAFT: "waiting",
+    JobState.SUBMITTED: "waiting",
+    JobState.QUEUED: "waiting in the queue",
+    JobState.PROCESSING: "generating",
+    JobState.GENERATED: "generating",
+    JobState.STORING: "being stored",
+}
 
 RELAX_PENALTY = 1000
 """Relax jobs sort after every fast job (fair ordering with aging arrives with the fair queue)."""
@@ -88,6 +98,24 @@ class JobDefaults:
     model: str
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds a job may stay in each phase before it ends TIMED_OUT (its reservation released)."""
+
+    queue: float = 6 * 3600
+    processing: float = 900
+    storing: float = 300
+
+    def limit_for(self, state: JobState) -> float | None:
+        if state in (JobState.DRAFT, JobState.SUBMITTED, JobState.QUEUED):
+            return self.queue
+        if state in (JobState.PROCESSING, JobState.GENERATED):
+            return self.processing
+        if state == JobState.STORING:
+            return self.storing
+        return None
+
+
 class JobService:
     def __init__(
         self,
@@ -98,8 +126,10 @@ class JobService:
         defaults: JobDefaults,
         quotas: QuotaService,
         *,
+        timeouts: Timeouts | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        self.timeouts = timeouts or Timeouts()
         self.repo = repo
         self.quotas = quotas
         self.store = store
@@ -214,7 +244,10 @@ class JobService:
         job = await self.repo.get(job_id)
         if job.state != JobState.QUEUED:
             return  # canceled (or finished by another path) while it waited
-        job = await self.repo.transition(job_id, JobState.PROCESSING, engine=self.engine.name)
+        try:
+            job = await self.repo.transition(job_id, JobState.PROCESSING, engine=self.engine.name)
+        except InvalidTransition:
+            return  # canceled or timed out a moment ago
         token = self._cancel_tokens.setdefault(job_id, CancelToken())
         started = time.perf_counter()
         try:
@@ -232,7 +265,11 @@ class JobService:
         finally:
             self._cancel_tokens.pop(job_id, None)
         engine_seconds = time.perf_counter() - started if job.kind != JobKind.UPSCALE else 0.0
-        job = await self.repo.transition(job_id, JobState.GENERATED, engine_seconds=engine_seconds)
+        try:
+            job = await self.repo.transition(job_id, JobState.GENERATED, engine_seconds=engine_seconds)
+        except InvalidTransition:
+            log.info("job %s: ended (%s) while generating; its images are dropped", job_id, job.state)
+            return
         if engine_seconds:
             self.quotas.cost.observe(job, engine_seconds, len(images))
             self._recent_engine_seconds.append(engine_seconds)
@@ -275,7 +312,10 @@ class JobService:
         return await self.store.get_image(matching[0].key)
 
     async def _store_and_publish(self, job: Job, images: list[Image.Image]) -> None:
-        job = await self.repo.transition(job.id, JobState.STORING)
+        try:
+            job = await self.repo.transition(job.id, JobState.STORING)
+        except InvalidTransition:
+            return  # canceled or timed out meanwhile
         seeds = tile_seeds(job.seed, len(images))
         stored = []
         for index, image in enumerate(images):
@@ -292,7 +332,11 @@ class JobService:
             log.exception("job %s: could not post the result", job.id)
             await self._end(job, JobState.FAILED, "Could not post the result.")
             return
-        await self._end(job, JobState.SUCCEEDED)
+        try:
+            await self._end(job, JobState.SUCCEEDED)
+        except InvalidTransition:
+            log.warning("job %s: result posted, but the job had already ended", job.id)
+            return
         log.info("job %s: succeeded", job.id)
 
     async def _end(self, job: Job, state: JobState, reason: str | None = None) -> Job:
@@ -332,6 +376,26 @@ class JobService:
         ):
             await self._finish_unsuccessfully(job, JobState.CANCELED, "Canceled.")
         return await self.repo.get(job_id)
+
+    # -- per-state time limits ------------------------------------------------------------------------
+
+    async def enforce_timeouts(self, now: datetime) -> list[str]:
+        """End every job that stayed too long in its state as TIMED_OUT; returns their ids."""
+        ended = []
+        for job in await self.repo.unfinished():
+            state = JobState(job.state)
+            limit = self.timeouts.limit_for(state)
+            since = job.state_since if job.state_since.tzinfo else job.state_since.replace(tzinfo=UTC)
+            if limit is None or (now - since).total_seconds() <= limit:
+                continue
+            self.scheduler.discard(job.id)
+            reason = f"Timed out: it spent more than {format_duration(limit)} {_PHASE[state]}."
+            await self._finish_unsuccessfully(job, JobState.TIMED_OUT, reason)
+            token = self._cancel_tokens.get(job.id)
+            if token is not None:
+                token.cancel()  # the engine stops at its next step; the job is already ended
+            ended.append(job.id)
+        return ended
 
     # -- recovery after a restart --------------------------------------------------------------
 

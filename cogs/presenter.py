@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_SAFE_AGE = timedelta(minutes=14)
 """Interaction tokens die after 15 minutes; stop using one a minute before."""
+TOKEN_MOVE_AGE = timedelta(minutes=13)
+"""The watchdog moves a live job's message to a channel message once its token is this old."""
 
 
 class Stage(IntEnum):
@@ -44,6 +46,7 @@ class _MessageState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     stage: Stage = Stage.WAITING
     sender: ThrottledSender[ProgressUpdate] | None = None
+    content: str | None = None  # the last text shown, for moving the message
 
 
 def headline(job: Job) -> str:
@@ -147,7 +150,34 @@ class DiscordPresenter:
                 await self._edit_existing(fresh, content, attachments, view)
             except (discord.NotFound, _TokenTooOld):
                 await self._replace_with_channel_message(fresh, content, file, view)
+            state.content = content
             log.debug("job %s: edit %s took %.3fs", job.id, stage.name, time.perf_counter() - started)
+
+    async def move_aging_messages(self) -> int:
+        """Give every live job whose interaction token is about to die a normal channel message.
+
+        The new message is posted first and recorded on the job, then the old one is deleted while its
+        token still works, so the user sees one message and later edits never need the dead token.
+        """
+        moved = 0
+        for job in await self.bot.jobs.repo.unfinished():  # type: ignore[attr-defined]
+            if not (job.interaction_token and job.message_id and job.channel_id):
+                continue
+            if self.now() - _aware(job.created_at) < TOKEN_MOVE_AGE:
+                continue
+            state = self._state(job.id)
+            async with state.lock:
+                content = state.content or f"{headline(job)} (Waiting to start)"
+                old_token, old_message = job.interaction_token, job.message_id
+                await self._replace_with_channel_message(job, content, None, None)
+                webhook = discord.Webhook.partial(job.application_id or 0, old_token, client=self.bot)
+                try:
+                    await webhook.delete_message(old_message)
+                except discord.HTTPException:
+                    log.info("job %s: could not delete the old interaction message", job.id)
+            moved += 1
+            log.info("job %s: moved to a channel message before its interaction token expires", job.id)
+        return moved
 
     async def _edit_existing(self, job: Job, content: str, attachments: object, view: object) -> None:
         view_arg = view if view is not None else discord.utils.MISSING
@@ -191,4 +221,4 @@ def _aware(moment: datetime) -> datetime:
 
 
 async def setup(bot: commands.Bot) -> None:
-    bot.jobs.presenter = DiscordPresenter(bot, bot.settings.progress_edit_interval)  # type: ignore[attr-defined]
+    bot.jobs.presenter = DiscordPresenter(bot, bot.settings.progress_edit_interval, now=bot.now)  # type: ignore[attr-defined]

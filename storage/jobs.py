@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import update
@@ -28,15 +29,19 @@ class StoredImage:
 
 
 class JobRepository:
-    def __init__(self, database: Database) -> None:
+    """``now`` stamps every row, so a test clock (or a clock-skewed host) stays consistent with itself."""
+
+    def __init__(self, database: Database, now: Callable[[], datetime] = utcnow) -> None:
         self.database = database
+        self.now = now
 
     async def create(self, job: Job, ledger: Sequence[LedgerEntry] = ()) -> Job:
         """Insert a new job in DRAFT, its first transition and its quota reservation, in one transaction."""
         job.state = JobState.DRAFT
+        job.created_at = job.updated_at = job.state_since = now = self.now()
         async with self.database.sessions() as session:
             session.add(job)
-            session.add(JobTransition(job_id=job.id, from_state=None, to_state=JobState.DRAFT))
+            session.add(JobTransition(job_id=job.id, from_state=None, to_state=JobState.DRAFT, at=now))
             session.add_all(list(ledger))
             await session.commit()
             await session.refresh(job)
@@ -77,8 +82,8 @@ class JobRepository:
                 raise JobNotFound(job_id)
             current = JobState(job.state)
             check_transition(current, target, retry=retry)
-            now = utcnow()
-            values: dict[str, Any] = {"state": target, "updated_at": now, **fields}
+            now = self.now()
+            values: dict[str, Any] = {"state": target, "updated_at": now, "state_since": now, **fields}
             attempts = job.attempts + 1 if retry else job.attempts
             values["attempts"] = attempts
             if target in TERMINAL_STATES:
@@ -90,7 +95,9 @@ class JobRepository:
                 await session.rollback()
                 raise InvalidTransition(f"job {job_id} changed state while moving {current} -> {target}")
             session.add(
-                JobTransition(job_id=job_id, from_state=current, to_state=target, attempt=attempts, note=note)
+                JobTransition(
+                    job_id=job_id, from_state=current, to_state=target, attempt=attempts, note=note, at=now
+                )
             )
             session.add_all(list(ledger))
             await session.commit()
@@ -102,7 +109,7 @@ class JobRepository:
             raise ValueError("use transition() to change a job's state")
         async with self.database.sessions() as session:
             await session.execute(
-                update(Job).where(col(Job.id) == job_id).values(updated_at=utcnow(), **fields)
+                update(Job).where(col(Job.id) == job_id).values(updated_at=self.now(), **fields)
             )
             await session.commit()
 

@@ -122,6 +122,7 @@ class Job(SQLModel, table=True):
     engine_seconds: float | None = None  # measured engine time when it succeeded
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
+    state_since: datetime = Field(default_factory=utcnow)  # when the job entered its current state
     finished_at: datetime | None = None
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,15 @@ class InProcessBot:
         apply_discord_endpoints(self.settings.discord_api_base, self.settings.discord_gateway_url)
         self.engine = LocalDiffusersEngine(self.settings.model, self.settings.device)
         await self.engine.start()
-        self.bot = ImagineBot(self.settings, self.engine, guild_ready_timeout=0.05)
+        self.bot = ImagineBot(
+            self.settings,
+            self.engine,
+            guild_ready_timeout=0.05,
+            now=lambda: datetime.fromtimestamp(
+                emu.clock.now(), UTC
+            ),  # the emulator's clock, which tests advance
+            watchdog_interval=0.2,
+        )
         self._task = asyncio.create_task(self.bot.start(self.settings.discord_token.get_secret_value()))
         await wait_for_bot(emu, self._task)
         return self.bot
