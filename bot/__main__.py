@@ -10,21 +10,12 @@ import sys
 import discord
 
 from bot.discord_endpoints import apply_discord_endpoints
+from bot.engines import build_engine
 from bot.settings import Settings, SettingsError, load_settings
 from bot.tiers import TierConfigError, load_tiers
-from engine.base import Engine, EngineError
+from engine.base import EngineError
 
 log = logging.getLogger("bot")
-
-
-def build_engine(settings: Settings) -> Engine:
-    try:
-        from engine.local import LocalDiffusersEngine
-    except ImportError as error:
-        raise EngineError(
-            f"the local engine needs the 'local' extra (pip install -e '.[local]'): {error.name} is missing"
-        ) from None
-    return LocalDiffusersEngine(settings.model, settings.device)
 
 
 async def run(settings: Settings) -> int:
@@ -35,8 +26,12 @@ async def run(settings: Settings) -> int:
     except TierConfigError as error:
         print(f"imaginebot: {error}", file=sys.stderr)
         return 2
-    engine = build_engine(settings)
-    log.info("loading model %s on device %s", settings.model, settings.device)
+    try:
+        engine = build_engine(settings)
+    except EngineError as error:
+        print(f"imaginebot: ENGINE: {error}", file=sys.stderr)
+        return 2
+    log.info("engine %s, model %s on device %s", engine.name, settings.model, settings.device)
     try:
         await engine.start()
     except EngineError as error:

@@ -45,10 +45,21 @@ class Settings(BaseSettings):
     model_resolution: int = Field(default=512, ge=64, le=2048, description="Pixels of the 1:1 side.")
     model_steps: int = Field(default=25, ge=1, le=150, description="Default denoising steps.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine: str = Field(
+        default="local",
+        description="'local', or comma-separated engine server URLs http(s)://TOKEN@host:port (see bot/engines.py).",
+    )
+    engine_batch_max: int = Field(default=1, ge=1, le=64, description="Local engine: jobs per denoising call.")
     admin_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     admin_role_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     tiers_file: Path | None = Field(
         default=None, description="Tiers TOML; default: the bundled bot/tiers.toml."
+    )
+    aging_seconds: float = Field(
+        default=60, gt=0, description="Seconds of waiting that raise a job's priority by one tier level."
+    )
+    relax_max_wait: float = Field(
+        default=1800, gt=0, description="Seconds a relax job waits at most before it goes ahead of fast jobs."
     )
     queue_timeout: float = Field(
         default=6 * 3600, gt=0, description="Seconds a job may wait before TIMED_OUT."

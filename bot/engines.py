@@ -1,0 +1,92 @@
+"""Build the bot's engine from ``ENGINE``: the local diffusers engine, remote engine servers, or a mix.
+
+``ENGINE`` is a comma-separated list; each item is either ``local`` or an engine server URL with an
+optional token, written ``http(s)://TOKEN@host:port`` or ``http(s)://host:port#TOKEN``::
+
+    ENGINE=local                                               # default: in-process diffusers
+    ENGINE=http://s3cret@gpu1:7861,http://s3cret@gpu2:7861      # two engine servers
+    ENGINE=local,https://gpu3.example.com:7861#s3cret          # mixed
+
+One item gives that engine itself; several give an ``EnginePool`` (least-loaded dispatch, failover).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from engine.base import Engine, EngineError
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    kind: str  # "local" or "remote"
+    url: str | None = None
+    token: str | None = None
+
+    def __repr__(self) -> str:
+        return f"EngineSpec({self.kind!r}, {self.url!r})"  # never the token
+
+
+def parse_engine_setting(value: str) -> list[EngineSpec]:
+    """``ENGINE`` → specs; raises ``ValueError`` with a message naming the bad item."""
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise ValueError("ENGINE is empty; use 'local' or engine server URLs")
+    specs = []
+    for item in items:
+        if item.lower() == "local":
+            specs.append(EngineSpec("local"))
+            continue
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"ENGINE item {_safe(item)!r} is neither 'local' nor an http(s)://host:port URL")
+        token = parts.fragment or None
+        if parts.username:
+            token = parts.password or parts.username  # token@host, or user:token@host
+        netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+        if ":" in parts.hostname:  # IPv6 literal
+            netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
+        specs.append(
+            EngineSpec("remote", urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), token)
+        )
+    return specs
+
+
+def _safe(item: str) -> str:
+    parts = urlsplit(item)
+    return item if not (parts.username or parts.fragment) else f"{parts.scheme}://…@{parts.hostname}"
+
+
+def build_engine(settings: Any) -> Engine:
+    """The engine the bot runs jobs on (see module docstring)."""
+    try:
+        specs = parse_engine_setting(getattr(settings, "engine", "local") or "local")
+    except ValueError as error:
+        raise EngineError(str(error)) from None
+    engines: list[Engine] = []
+    for index, spec in enumerate(specs):
+        if spec.kind == "local":
+            engines.append(_local(settings))
+        else:
+            from engine.remote import RemoteEngine
+
+            assert spec.url is not None
+            engines.append(RemoteEngine(spec.url, spec.token, name=f"remote-{index + 1}"))
+    if len(engines) == 1:
+        return engines[0]
+    from engine.pool import EnginePool
+
+    return EnginePool(engines)
+
+
+def _local(settings: Any) -> Engine:
+    try:
+        from engine.local import LocalDiffusersEngine
+    except ImportError as error:
+        raise EngineError(
+            f"the local engine needs the 'local' extra (pip install -e '.[local]'): {error.name} is missing"
+        ) from None
+    batch_max = int(getattr(settings, "engine_batch_max", 1) or 1)
+    return LocalDiffusersEngine(settings.model, settings.device, max_batch=batch_max)
