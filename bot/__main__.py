@@ -31,7 +31,7 @@ async def run(settings: Settings) -> int:
     except EngineError as error:
         print(f"imaginebot: ENGINE: {error}", file=sys.stderr)
         return 2
-    log.info("engine %s, model %s on device %s", engine.name, settings.model, settings.device)
+    log.info("loading model %s on device %s (engine %s)", settings.model, settings.device, engine.name)
     try:
         await engine.start()
     except EngineError as error:
