@@ -58,7 +58,11 @@ class ImagineBot(commands.Bot):
         self.now = now
         self.watchdog_interval = watchdog_interval
         self._watchdog: asyncio.Task[None] | None = None
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(
+            aging_seconds_per_level=settings.aging_seconds,
+            max_wait={"relax": settings.relax_max_wait},
+            clock=lambda: self.now().timestamp(),
+        )
         self.database: Database | None = None
         self.jobs: JobService
         self._close_lock = asyncio.Lock()

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from bot.fair_queue import QueueEntry
 from bot.prompt import ParsedPrompt
 from bot.quotas import QuotaService, format_duration
 from bot.scheduler import Scheduler
@@ -51,9 +52,6 @@ _PHASE = {
     JobState.GENERATED: "generating",
     JobState.STORING: "being stored",
 }
-
-RELAX_PENALTY = 1000
-"""Relax jobs sort after every fast job (fair ordering with aging arrives with the fair queue)."""
 
 VARIATION_STRENGTH = 0.6
 """img2img strength of V1–V4: keeps the composition, changes the details (Midjourney's "strong" is ~0.75)."""
@@ -232,7 +230,17 @@ class JobService:
         return job
 
     def _schedule(self, job: Job) -> None:
-        self.scheduler.submit(job.id, -job.priority + (RELAX_PENALTY if job.mode == "relax" else 0))
+        """Into the fair queue, aged from when the job was first accepted (a restart keeps its age)."""
+        created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
+        entry = QueueEntry(
+            job_id=job.id,
+            user_id=str(job.user_id),
+            tier=job.tier,
+            priority=job.priority,
+            mode=job.mode,
+            enqueued_at=created.timestamp(),
+        )
+        self.scheduler.submit(entry, max_concurrent=self.quotas.tiers.get(job.tier).max_concurrent)
 
     def _new_seed(self) -> int:
         return self._rng.randint(0, MAX_SEED)

@@ -49,7 +49,9 @@ class Settings(BaseSettings):
         default="local",
         description="'local', or comma-separated engine server URLs http(s)://TOKEN@host:port (see bot/engines.py).",
     )
-    engine_batch_max: int = Field(default=1, ge=1, le=64, description="Local engine: jobs per denoising call.")
+    engine_batch_max: int = Field(
+        default=1, ge=1, le=64, description="Local engine: jobs per denoising call."
+    )
     admin_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     admin_role_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     tiers_file: Path | None = Field(

@@ -53,7 +53,7 @@ def service(parts, engine=None, tiers: TierConfig | None = None) -> tuple[JobSer
         JobRepository(database),
         store,
         engine or default_engine,
-        Scheduler(),
+        Scheduler(clock=lambda: 0.0),
         JobDefaults(resolution=64, steps=3, model="tiny"),
         quotas,
         rng=random.Random(5),

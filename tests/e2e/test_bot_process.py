@@ -20,7 +20,7 @@ async def test_bot_process_finishes_a_job_after_kill_9(emu, tiny_model_dir, tmp_
     await first.start()
     try:
         await wait_for_bot(emu, timeout=90)
-        ix = await emu.invoke_slash("imagine", {"prompt": "a slow oil painting --steps 100 --seed 5"})
+        ix = await emu.invoke_slash("imagine", {"prompt": "a slow oil painting --steps 40 --seed 5"})
         assert await ix.wait_for_response(3) == 5
         await wait_for_message(
             emu,

@@ -63,6 +63,8 @@ async def test_tier_priority_caps_info_cancel_and_admin(emu, tiny_model_dir, tmp
         assert refusal.ephemeral and "queue is full: 3 of 3" in refusal.content
         assert len(await rows(bot, Job, col(Job.user_id) == free.id)) == 3
 
+        # jobs are created right after the acknowledgement; wait until all five are in the queue
+        await emu.wait_for(lambda: _count(bot, JobState.QUEUED, 5), timeout=20, what="five queued jobs")
         info = await command(emu, "info", user=free)
         assert "Tier: **free**" in info and "#" in info and "3 of 3" in info
         queue = await command(emu, "admin queue", user=admin)
@@ -77,7 +79,7 @@ async def test_tier_priority_caps_info_cancel_and_admin(emu, tiny_model_dir, tmp
         )
 
         assert "resumed" in await command(emu, "admin resume", user=admin)
-        await emu.wait_for(lambda: _done(bot, 4), timeout=60, what="four jobs to finish")
+        await emu.wait_for(lambda: _count(bot, JobState.SUCCEEDED, 4), timeout=60, what="four jobs to finish")
 
         # starts follow tier priority: pro, basic, then free's jobs in order
         started = await rows(bot, JobTransition, col(JobTransition.to_state) == JobState.PROCESSING)
@@ -128,6 +130,5 @@ async def test_fast_and_relax(emu, tiny_model_dir, tmp_path):
     emu.assert_clean()
 
 
-async def _done(bot, count: int) -> bool:
-    finished = await rows(bot, Job, col(Job.state) == JobState.SUCCEEDED)
-    return len(finished) >= count
+async def _count(bot, state: JobState, count: int) -> bool:
+    return len(await rows(bot, Job, col(Job.state) == state)) >= count

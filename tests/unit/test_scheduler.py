@@ -1,10 +1,22 @@
 import asyncio
+import itertools
 
+from bot.fair_queue import QueueEntry
 from bot.scheduler import Scheduler
 
+_users = itertools.count()
 
-async def test_runs_in_priority_then_arrival_order():
-    scheduler = Scheduler()
+
+def entry(job_id: str, priority: int = 0, user: str | None = None, mode: str = "fast", at: float = 0.0):
+    return QueueEntry(job_id, user or f"user-{next(_users)}", "tier", priority, mode, at)
+
+
+def scheduler() -> Scheduler:
+    return Scheduler(clock=lambda: 0.0)
+
+
+async def test_runs_in_fair_queue_order():
+    sched = scheduler()
     started: list[str] = []
     gate = asyncio.Event()
 
@@ -12,39 +24,41 @@ async def test_runs_in_priority_then_arrival_order():
         started.append(job_id)
         await gate.wait()
 
-    scheduler.submit("first", priority=5)
-    scheduler.start(1, handler)
+    sched.submit(entry("first"))
+    sched.start(1, handler)
     await asyncio.sleep(0.01)  # "first" is running; the rest queue behind it
-    for job_id, priority in [("low-a", 5), ("high", 1), ("low-b", 5)]:
-        scheduler.submit(job_id, priority)
-    assert [scheduler.position(j) for j in ("high", "low-a", "low-b")] == [1, 2, 3]
-    assert scheduler.position("first") is None
+    sched.submit(entry("low-a", priority=0, at=1))
+    sched.submit(entry("high", priority=3, at=2))
+    sched.submit(entry("relax", priority=3, mode="relax", at=0))
+    sched.submit(entry("low-b", priority=0, at=3))
+    assert [sched.position(j) for j in ("high", "low-a", "low-b", "relax")] == [1, 2, 3, 4]
+    assert sched.position("first") is None
     gate.set()
     await asyncio.sleep(0.05)
-    await scheduler.stop()
-    assert started == ["first", "high", "low-a", "low-b"]
+    await sched.stop()
+    assert started == ["first", "high", "low-a", "low-b", "relax"]
 
 
 async def test_duplicate_submit_and_discard():
-    scheduler = Scheduler()
+    sched = scheduler()
     ran: list[str] = []
 
     async def handler(job_id: str) -> None:
         ran.append(job_id)
 
-    scheduler.submit("a")
-    scheduler.submit("a")
-    scheduler.submit("b")
-    scheduler.discard("b")
-    assert scheduler.waiting == 1
-    scheduler.start(2, handler)
+    sched.submit(entry("a"))
+    sched.submit(entry("a"))
+    sched.submit(entry("b"))
+    sched.discard("b")
+    assert sched.waiting == 1
+    sched.start(2, handler)
     await asyncio.sleep(0.05)
-    await scheduler.stop()
+    await sched.stop()
     assert ran == ["a"]
 
 
 async def test_a_crashing_handler_does_not_kill_the_worker():
-    scheduler = Scheduler()
+    sched = scheduler()
     ran: list[str] = []
 
     async def handler(job_id: str) -> None:
@@ -52,81 +66,84 @@ async def test_a_crashing_handler_does_not_kill_the_worker():
         if job_id == "bad":
             raise RuntimeError("boom")
 
-    scheduler.submit("bad")
-    scheduler.submit("good")
-    scheduler.start(1, handler)
+    sched.submit(entry("bad", at=0))
+    sched.submit(entry("good", at=1))
+    sched.start(1, handler)
     await asyncio.sleep(0.05)
-    await scheduler.stop()
+    await sched.stop()
     assert ran == ["bad", "good"]
 
 
-async def test_workers_share_slots():
-    scheduler = Scheduler()
-    running = 0
-    peak = 0
+async def test_workers_share_slots_and_respect_a_users_concurrency_cap():
+    sched = scheduler()
+    running: dict[str, int] = {"heavy": 0, "other": 0}
+    peak = {"heavy": 0, "total": 0}
 
     async def handler(job_id: str) -> None:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
+        user = job_id.split("-")[0]
+        running[user] += 1
+        peak["heavy"] = max(peak["heavy"], running["heavy"])
+        peak["total"] = max(peak["total"], sum(running.values()))
         await asyncio.sleep(0.02)
-        running -= 1
+        running[user] -= 1
 
     for i in range(6):
-        scheduler.submit(str(i))
-    scheduler.start(2, handler)
-    await asyncio.sleep(0.2)
-    await scheduler.stop()
-    assert peak == 2 and scheduler.waiting == 0
+        sched.submit(entry(f"heavy-{i}", user="heavy", at=i), max_concurrent=1)
+    for i in range(3):
+        sched.submit(entry(f"other-{i}", user="other", at=10 + i), max_concurrent=2)
+    sched.start(3, handler)
+    await asyncio.sleep(0.4)
+    await sched.stop()
+    assert peak == {"heavy": 1, "total": 3} and sched.waiting == 0
 
 
 async def test_stop_waits_for_running_jobs_then_restart_works():
-    scheduler = Scheduler()
+    sched = scheduler()
     finished: list[str] = []
 
     async def handler(job_id: str) -> None:
         await asyncio.sleep(0.1)
         finished.append(job_id)
 
-    scheduler.submit("a")
-    scheduler.submit("b")
-    scheduler.start(1, handler)
+    sched.submit(entry("a", at=0))
+    sched.submit(entry("b", at=1))
+    sched.start(1, handler)
     await asyncio.sleep(0.02)
-    await scheduler.stop(grace=2)
-    assert finished == ["a"] and scheduler.waiting == 1  # "b" stays queued for the next start
-    scheduler.start(1, handler)
+    await sched.stop(grace=2)
+    assert finished == ["a"] and sched.waiting == 1  # "b" stays queued for the next start
+    sched.start(1, handler)
     await asyncio.sleep(0.2)
-    await scheduler.stop()
+    await sched.stop()
     assert finished == ["a", "b"]
 
 
 async def test_stop_gives_up_after_the_grace_period():
-    scheduler = Scheduler()
+    sched = scheduler()
 
     async def handler(job_id: str) -> None:
         await asyncio.sleep(10)
 
-    scheduler.submit("slow")
-    scheduler.start(1, handler)
+    sched.submit(entry("slow"))
+    sched.start(1, handler)
     await asyncio.sleep(0.02)
     async with asyncio.timeout(1):
-        await scheduler.stop(grace=0.1)
-    assert scheduler.running == set()
+        await sched.stop(grace=0.1)
+    assert sched.running == set()
 
 
 async def test_pause_holds_dispatch_and_resume_continues():
-    scheduler = Scheduler()
+    sched = scheduler()
     ran: list[str] = []
 
     async def handler(job_id: str) -> None:
         ran.append(job_id)
 
-    scheduler.start(1, handler)
-    scheduler.pause()
-    scheduler.submit("a")
+    sched.start(1, handler)
+    sched.pause()
+    sched.submit(entry("a"))
     await asyncio.sleep(0.05)
-    assert ran == [] and scheduler.paused and scheduler.position("a") == 1
-    scheduler.resume()
+    assert ran == [] and sched.paused and sched.position("a") == 1
+    sched.resume()
     await asyncio.sleep(0.05)
-    await scheduler.stop()
+    await sched.stop()
     assert ran == ["a"]
