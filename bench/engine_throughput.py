@@ -6,7 +6,7 @@ of progress previews (every step vs none).
                                                                # also vs a plain diffusers call per job
 How: N jobs (``n=1`` image each, distinct prompts and seeds) are handed to ``LocalDiffusersEngine.generate``
 at once with ``asyncio.gather``; "off" is ``max_batch=1`` (one pipeline call per job), "on" is
-``max_batch=N`` with a 50 ms window (one call with N prompts / generators). One warm-up round is not timed.
+``max_batch=N`` with a 50 ms window (one call with N prompts / generators). One warm-up engine run and one warm-up round per setting are not timed.
 Wall time of the whole round → images/s. Previews: the same N jobs, batching off, ``preview_every=1`` vs 0.
 The GPU baseline is a loop of ``pipe(prompt, generator=...)`` calls, one per job, on the same pipeline.
 """
@@ -129,6 +129,9 @@ async def main() -> int:
         print(f"# python {platform.python_version()}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
               f"{os.cpu_count()} CPUs; {jobs} jobs x 1 image, {steps} steps, CFG 7; best of {args.rounds} rounds")  # fmt: skip
         batch = requests(jobs, size, steps)
+        # process warm-up (thread pools, allocator, first-load caches): without it the first setting measured
+        # looked ~2x slower than the same setting measured again
+        await measure(model, device, batch, max_batch=1, preview_every=1, rounds=1, dtype=dtype)
         off = await measure(model, device, batch, max_batch=1, preview_every=1, rounds=args.rounds, dtype=dtype)
         on = await measure(model, device, batch, max_batch=jobs, preview_every=1, rounds=args.rounds, dtype=dtype)
         none = await measure(model, device, batch, max_batch=1, preview_every=0, rounds=args.rounds, dtype=dtype)
