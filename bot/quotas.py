@@ -68,7 +68,8 @@ class CostModel:
         return job.width * job.height / 1e6 * max(1, job.steps) * images
 
     def estimate(self, job: Job, images: int = 4) -> float:
-        return round(self.rate * self.work(job, images), 3)
+        """At least a millisecond, so every fast job has a reservation to release."""
+        return max(0.001, round(self.rate * self.work(job, images), 3))
 
     def observe(self, job: Job, seconds: float, images: int = 4) -> None:
         work = self.work(job, images)
