@@ -33,12 +33,16 @@ from engine.local import LocalDiffusersEngine  # noqa: E402
 
 def requests(count: int, size: int, steps: int) -> list[GenerationRequest]:
     return [
-        GenerationRequest(prompt=f"a painting of thing {i}", width=size, height=size, steps=steps, seed=i, n=1)
+        GenerationRequest(
+            prompt=f"a painting of thing {i}", width=size, height=size, steps=steps, seed=i, n=1
+        )
         for i in range(count)
     ]
 
 
-async def round_time(engine: LocalDiffusersEngine, batch: list[GenerationRequest], with_progress: bool) -> float:
+async def round_time(
+    engine: LocalDiffusersEngine, batch: list[GenerationRequest], with_progress: bool
+) -> float:
     started = time.perf_counter()
     callback = (lambda update: None) if with_progress else None
     await asyncio.gather(*(engine.generate(r, callback) for r in batch))
@@ -47,8 +51,16 @@ async def round_time(engine: LocalDiffusersEngine, batch: list[GenerationRequest
     return time.perf_counter() - started
 
 
-async def measure(model: str, device: str, batch: list[GenerationRequest], *, max_batch: int, preview_every: int,
-                  rounds: int, dtype: torch.dtype | None = None) -> float:
+async def measure(
+    model: str,
+    device: str,
+    batch: list[GenerationRequest],
+    *,
+    max_batch: int,
+    preview_every: int,
+    rounds: int,
+    dtype: torch.dtype | None = None,
+) -> float:
     engine = LocalDiffusersEngine(model, device, max_batch=max_batch, batch_window=0.05,
                                   preview_every=preview_every, dtype=dtype)  # fmt: skip
     await engine.start()
@@ -116,7 +128,13 @@ async def main() -> int:
             if not torch.cuda.is_available():
                 print("engine_throughput --gpu: no CUDA GPU here; skipped (run it on a machine with one).")
                 return 0
-            jobs, steps, size, device, dtype = args.jobs or 8, args.steps or 20, args.size or 512, "cuda", torch.float16
+            jobs, steps, size, device, dtype = (
+                args.jobs or 8,
+                args.steps or 20,
+                args.size or 512,
+                "cuda",
+                torch.float16,
+            )
             model = str(sd15_random_folder(Path(tmp)))
             label = f"SD1.5 architecture, random weights, {size}², fp16, {torch.cuda.get_device_name()}"
         else:
@@ -132,12 +150,20 @@ async def main() -> int:
         # process warm-up (thread pools, allocator, first-load caches): without it the first setting measured
         # looked ~2x slower than the same setting measured again
         await measure(model, device, batch, max_batch=1, preview_every=1, rounds=1, dtype=dtype)
-        off = await measure(model, device, batch, max_batch=1, preview_every=1, rounds=args.rounds, dtype=dtype)
-        on = await measure(model, device, batch, max_batch=jobs, preview_every=1, rounds=args.rounds, dtype=dtype)
-        none = await measure(model, device, batch, max_batch=1, preview_every=0, rounds=args.rounds, dtype=dtype)
+        off = await measure(
+            model, device, batch, max_batch=1, preview_every=1, rounds=args.rounds, dtype=dtype
+        )
+        on = await measure(
+            model, device, batch, max_batch=jobs, preview_every=1, rounds=args.rounds, dtype=dtype
+        )
+        none = await measure(
+            model, device, batch, max_batch=1, preview_every=0, rounds=args.rounds, dtype=dtype
+        )
         print(f"batching off (max_batch=1):   {jobs / off:7.2f} images/s  ({off:.2f} s for {jobs} jobs)")
         print(f"batching on  (max_batch={jobs}):   {jobs / on:7.2f} images/s  ({on:.2f} s)  x{off / on:.2f}")
-        print(f"previews every step vs none:  {off:.2f} s vs {none:.2f} s  -> previews cost {100 * (off - none) / none:+.1f}%")
+        print(
+            f"previews every step vs none:  {off:.2f} s vs {none:.2f} s  -> previews cost {100 * (off - none) / none:+.1f}%"
+        )
         if args.gpu:
             plain = plain_diffusers(model, batch, args.rounds)
             print(f"plain diffusers call per job: {jobs / plain:7.2f} images/s  ({plain:.2f} s)")
