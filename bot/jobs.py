@@ -53,6 +53,7 @@ _PHASE = {
     JobState.STORING: "being stored",
 }
 
+DEFAULT_GUIDANCE = 7.0
 VARIATION_STRENGTH = 0.6
 """img2img strength of V1–V4: keeps the composition, changes the details (Midjourney's "strong" is ~0.75)."""
 
@@ -188,6 +189,9 @@ class JobService:
             steps=parent.steps,
             seed=self._new_seed(),
         )
+        if kind == JobKind.VARIATION:
+            job.operation = Operation.IMG2IMG
+            job.params = {**job.params, "strength": VARIATION_STRENGTH}
         if kind == JobKind.UPSCALE and index is not None:
             job.seed = tile_seeds(parent.seed, index + 1)[index]
         return await self._submit(job, acknowledge, mode=parent.mode)
@@ -295,20 +299,25 @@ class JobService:
         return await self.engine.generate(request, on_progress, token)
 
     async def _request_for(self, job: Job) -> GenerationRequest:
-        common = dict(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
+        """The engine request a job row describes: its operation, sizes and seed, and the engine knobs in
+        ``params`` (set when the job was made, so a retried or recovered job asks for exactly the same)."""
+        params = job.params
+        operation = Operation(job.operation)
+        init_image = await self._parent_image(job) if operation.needs_image else None
+        return GenerationRequest(
+            prompt=params.get("engine_prompt", job.prompt),
+            negative_prompt=params.get("engine_negative", job.negative_prompt),
             width=job.width,
             height=job.height,
             steps=job.steps,
             seed=job.seed,
+            guidance=params.get("guidance", DEFAULT_GUIDANCE),
+            operation=operation,
+            init_image=init_image,
+            strength=params.get("strength", VARIATION_STRENGTH),
+            model=params.get("model"),
+            tile=params.get("tile", False),
         )
-        if job.kind == JobKind.VARIATION:
-            init = await self._parent_image(job)
-            return GenerationRequest(
-                **common, operation=Operation.IMG2IMG, init_image=init, strength=VARIATION_STRENGTH
-            )
-        return GenerationRequest(**common)
 
     async def _parent_image(self, job: Job) -> Image.Image:
         if job.parent_job_id is None or job.parent_index is None:

@@ -107,7 +107,9 @@ class Job(SQLModel, table=True):
     parent_job_id: str | None = Field(default=None, foreign_key="jobs.id", max_length=32)
     parent_index: int | None = None  # which tile of the parent (0-based)
 
-    # how
+    # how: ``operation`` is an engine.base.Operation value; ``params`` may carry the engine knobs
+    # (guidance, strength, tile, model, engine_prompt, engine_negative) set when the job was made
+    operation: str = "txt2img"
     engine: str | None = None
     model: str | None = None
     width: int = 0
