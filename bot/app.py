@@ -11,6 +11,7 @@ import discord
 from discord.ext import commands
 
 from bot.jobs import JobDefaults, JobService, Timeouts
+from bot.moderator import Moderator
 from bot.quotas import QuotaService
 from bot.scheduler import Scheduler
 from bot.settings import Settings
@@ -21,6 +22,7 @@ from storage.db import Database
 from storage.images import LocalImageStore
 from storage.jobs import JobRepository
 from storage.ledger import LedgerRepository
+from storage.moderation import ModerationRepository
 from storage.users import UserRepository
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,14 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10.0
 """Seconds a stopping bot waits for running jobs before leaving them to the next start."""
 
-EXTENSIONS = ("cogs.presenter", "cogs.imagine", "cogs.buttons", "cogs.account", "cogs.admin")
+EXTENSIONS = (
+    "cogs.presenter",
+    "cogs.imagine",
+    "cogs.buttons",
+    "cogs.account",
+    "cogs.preferences",
+    "cogs.admin",
+)
 
 
 class ImagineBot(commands.Bot):
@@ -72,6 +81,14 @@ class ImagineBot(commands.Bot):
         self.database = await Database.open(self.settings.resolved_database_url)
         self.accounts = UserRepository(self.database)
         self.audit = AuditRepository(self.database)
+        self.moderator = Moderator(
+            ModerationRepository(self.database),
+            self.accounts,
+            self.audit,
+            self.settings.banned_words,
+            now=self.now,
+        )
+        await self.moderator.load()
         self.quotas = QuotaService(self.accounts, LedgerRepository(self.database), self.tiers, now=self.now)
         self.jobs = JobService(
             JobRepository(self.database, now=self.now),

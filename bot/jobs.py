@@ -22,7 +22,7 @@ from typing import Protocol
 from PIL import Image
 
 from bot.fair_queue import QueueEntry
-from bot.prompt import ParsedPrompt
+from bot.prompt import ParsedPrompt, guidance_for_stylize, steps_for_quality, strength_for_image_weight
 from bot.quotas import QuotaService, format_duration
 from bot.scheduler import Scheduler
 from engine.base import (
@@ -37,7 +37,7 @@ from engine.base import (
 )
 from engine.seeds import tile_seeds
 from engine.sizes import size_for_aspect
-from storage.images import LocalImageStore
+from storage.images import ImageNotFound, LocalImageStore
 from storage.jobs import JobRepository, StoredImage
 from storage.models import Job, JobKind
 from storage.states import InvalidTransition, JobState
@@ -149,26 +149,41 @@ class JobService:
         parsed: ParsedPrompt,
         user_name: str = "",
         mode: str | None = None,
+        init_image_key: str | None = None,
     ) -> Job:
-        """Admit and queue a grid job.
+        """Admit and queue a grid job (``init_image_key``: a stored image prompt).
 
         ``acknowledge`` is called once the job is admitted (the Discord side defers the interaction and
         returns where the job's message is). Raises ``AdmissionRefused`` or ``TimeoutError`` before it is
         called: nothing is saved or charged, and the caller can still answer privately.
         """
         width, height = size_for_aspect(self.defaults.resolution, *parsed.aspect)
+        params: dict[str, object] = {
+            "display": parsed.render(base_steps=self.defaults.steps),
+            "aspect": list(parsed.aspect),
+            "engine_prompt": parsed.engine_prompt,
+            "engine_negative": parsed.engine_negative,
+            "guidance": guidance_for_stylize(parsed.stylize),
+            "tile": parsed.tile,
+            "model": parsed.model,
+        }
         job = Job(
             user_id=user_id,
             kind=JobKind.IMAGINE,
             prompt=parsed.text,
             negative_prompt=parsed.negative,
-            params={"display": parsed.render(), "aspect": list(parsed.aspect)},
             width=width,
             height=height,
-            steps=parsed.steps or self.defaults.steps,
+            steps=parsed.steps or steps_for_quality(parsed.quality, self.defaults.steps),
             seed=parsed.seed if parsed.seed is not None else self._new_seed(),
         )
-        return await self._submit(job, acknowledge, user_name, mode)
+        if init_image_key is not None:  # an image prompt: img2img from it, --iw sets how much it counts
+            job.operation = Operation.IMG2IMG
+            params.update(
+                init_image_key=init_image_key, strength=strength_for_image_weight(parsed.image_weight)
+            )
+        job.params = params
+        return await self._submit(job, acknowledge, user_name, parsed.mode or mode)
 
     async def submit_child(
         self, parent: Job, kind: str, index: int | None, user_id: int, acknowledge: Acknowledge
@@ -303,7 +318,7 @@ class JobService:
         ``params`` (set when the job was made, so a retried or recovered job asks for exactly the same)."""
         params = job.params
         operation = Operation(job.operation)
-        init_image = await self._parent_image(job) if operation.needs_image else None
+        init_image = await self._init_image(job) if operation.needs_image else None
         return GenerationRequest(
             prompt=params.get("engine_prompt", job.prompt),
             negative_prompt=params.get("engine_negative", job.negative_prompt),
@@ -318,6 +333,16 @@ class JobService:
             model=params.get("model"),
             tile=params.get("tile", False),
         )
+
+    async def _init_image(self, job: Job) -> Image.Image:
+        """The image an image operation starts from: an image prompt, or the parent's tile."""
+        key = job.params.get("init_image_key")
+        if key:
+            try:
+                return await self.store.get_image(key)
+            except ImageNotFound:
+                raise EngineError("The image prompt of this job no longer exists.") from None
+        return await self._parent_image(job)
 
     async def _parent_image(self, job: Job) -> Image.Image:
         if job.parent_job_id is None or job.parent_index is None:

@@ -104,6 +104,14 @@ class QuotaService:
         if user.banned:
             reason = f" ({user.ban_reason})" if user.ban_reason else ""
             raise AdmissionRefused(f"You are banned from using this bot{reason}.")
+        if user.blocked_until is not None:
+            until = (
+                user.blocked_until if user.blocked_until.tzinfo else user.blocked_until.replace(tzinfo=UTC)
+            )
+            if until > self.now():
+                raise AdmissionRefused(
+                    f"You are blocked until <t:{int(until.timestamp())}:t> after repeated prompts against the rules."
+                )
         tier = self.tiers.get(user.tier)
         if max(job.width, job.height) > tier.max_resolution:
             raise AdmissionRefused(

@@ -54,8 +54,20 @@ class Settings(BaseSettings):
     )
     admin_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     admin_role_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    buttons_for_everyone: bool = Field(
+        default=False, description="Let anyone use a result's buttons, not only its owner and admins."
+    )
     tiers_file: Path | None = Field(
         default=None, description="Tiers TOML; default: the bundled bot/tiers.toml."
+    )
+    banned_words: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="Comma-separated terms refused in prompts (more with /admin banned-words)."
+    )
+    image_urls: bool = Field(
+        default=False, description="Allow image links in prompts (fetched safely); attachments always work."
+    )
+    permutation_confirm_over: int = Field(
+        default=4, ge=1, le=40, description="More jobs than this from one prompt ask for a confirmation."
     )
     aging_seconds: float = Field(
         default=60, gt=0, description="Seconds of waiting that raise a job's priority by one tier level."
@@ -82,6 +94,13 @@ class Settings(BaseSettings):
                 return frozenset(int(p) for p in parts)
             except ValueError as exc:
                 raise ValueError("must be Discord user ids (numbers) separated by commas") from exc
+        return value
+
+    @field_validator("banned_words", mode="before")
+    @classmethod
+    def _split_words(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(word.strip() for word in value.split(",") if word.strip())
         return value
 
     @field_validator("discord_token")

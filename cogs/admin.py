@@ -185,6 +185,43 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
         await self._audit(interaction, "stats")
         await self._reply(interaction, "\n".join(lines))
 
+    @app_commands.command(name="banned-words", description="List, add or remove banned prompt words")
+    @app_commands.choices(action=[app_commands.Choice(name=a, value=a) for a in ("list", "add", "remove")])
+    async def banned_words(
+        self, interaction: discord.Interaction, action: str, term: str | None = None
+    ) -> None:
+        moderator = self.bot.moderator  # type: ignore[attr-defined]
+        if action == "list":
+            terms = moderator.words.terms
+            await self._audit(interaction, "banned-words list")
+            await self._reply(interaction, "Banned words: " + (", ".join(f"`{t}`" for t in terms) or "none"))
+            return
+        term = (term or "").strip()
+        if not term or len(term) > 100:
+            await self._reply(interaction, "Give the term (1–100 characters).")
+            return
+        changed = await (
+            moderator.add(term, interaction.user.id) if action == "add" else moderator.remove(term)
+        )
+        await self._audit(interaction, f"banned-words {action}", term)
+        verb = "added" if action == "add" else "removed"
+        await self._reply(interaction, f"`{term}` {verb}." if changed else f"`{term}` was already {verb}.")
+
+    @app_commands.command(name="engines", description="Each engine's health, load and recent speed")
+    async def engines(self, interaction: discord.Interaction) -> None:
+        engine = self.bot.engine  # type: ignore[attr-defined]
+        statuses = engine.status() if hasattr(engine, "status") else None
+        if statuses:
+            lines = ["**Engines**"] + [_engine_line(status) for status in statuses]
+        else:
+            stats = getattr(engine, "stats", None)
+            lines = [
+                "**Engines**",
+                f"• {engine.name}: local, {engine.slots} slot(s)" + (f", {stats}" if stats else ""),
+            ]
+        await self._audit(interaction, "engines")
+        await self._reply(interaction, "\n".join(lines))
+
     @app_commands.command(name="audit", description="Recent admin actions")
     async def audit(
         self, interaction: discord.Interaction, count: app_commands.Range[int, 1, 50] = 10
@@ -197,6 +234,16 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
         ]
         await self._audit(interaction, "audit")
         await self._reply(interaction, "\n".join(lines) if entries else "No admin actions yet.")
+
+
+def _engine_line(status: Any) -> str:
+    values = vars(status)
+    shown = ", ".join(
+        f"{key} {value}"
+        for key, value in values.items()
+        if key not in ("recent",) and value not in (None, "")
+    )
+    return f"• {shown}"[:300]
 
 
 def _percentiles(values: list[float]) -> str:

@@ -1,17 +1,50 @@
-"""`/imagine`: parse the prompt, acknowledge within Discord's 3 seconds, and queue the job."""
+"""`/imagine`: parse and moderate the prompt, expand permutations and repeats, then queue the jobs.
+
+Everything that can refuse a prompt without the network (syntax, moderation, admission) answers
+privately before the interaction is acknowledged. Image prompts (an attachment, or links when
+IMAGE_URLS is on) are downloaded after a public "thinking…" acknowledgement, because that can take
+longer than Discord's 3 seconds; a bad image then edits that message, and nothing is queued or charged.
+
+Precedence of parameters: the prompt's own ``--parameters`` > the user's ``/prefer suffix`` (only fills
+parameters the prompt lacks) > the user's ``/settings`` > the server defaults.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.prompt import PromptError, parse_prompt
-from cogs.submitting import submit_job
+from bot.image_fetch import FetchPolicy, ImageFetchError, fetch_image, load_attachment_image
+from bot.jobs import Origin
+from bot.prompt import (
+    ParsedPrompt,
+    PromptDefaults,
+    PromptError,
+    append_suffix,
+    expand_permutations,
+    parse_prompt,
+)
+from cogs.submitting import answer_privately, submit_job
+from storage.models import User
 
 log = logging.getLogger(__name__)
+
+MAX_JOBS_PER_PROMPT = 40
+CONFIRM_TIMEOUT = 60.0
+
+
+def prompt_defaults(user: User) -> PromptDefaults:
+    preferences = user.preferences or {}
+    return PromptDefaults(
+        model=preferences.get("model"),
+        stylize=preferences.get("stylize"),
+        quality=preferences.get("quality"),
+        mode=preferences.get("mode"),
+    )
 
 
 class ImagineCog(commands.Cog):
@@ -19,19 +52,136 @@ class ImagineCog(commands.Cog):
         self.bot = bot
 
     @app_commands.command(name="imagine", description="Create four images from a text prompt")
-    @app_commands.describe(prompt="What to draw, then parameters such as --ar 3:2 --seed 42 --no text")
-    async def imagine(self, interaction: discord.Interaction, prompt: str) -> None:
+    @app_commands.describe(
+        prompt="What to draw, then parameters such as --ar 3:2 --seed 42 --no text",
+        image="An image to start from (an image prompt); --iw sets how much it counts",
+    )
+    async def imagine(
+        self, interaction: discord.Interaction, prompt: str, image: discord.Attachment | None = None
+    ) -> None:
+        bot = self.bot
+        user = await bot.accounts.get(interaction.user.id, interaction.user.name)  # type: ignore[attr-defined]
         try:
-            parsed = parse_prompt(prompt)
+            prompts = self._parse(append_suffix(prompt, user.suffix) if user.suffix else prompt, user, image)
         except PromptError as error:
             await interaction.response.send_message(str(error), ephemeral=True)
             return
-        await submit_job(
-            interaction,
-            lambda acknowledge: self.bot.jobs.submit_imagine(  # type: ignore[attr-defined]
-                interaction.user.id, acknowledge, parsed, user_name=interaction.user.name
-            ),
+        texts = [text for parsed in prompts for text in (parsed.text, parsed.negative)]
+        refusal = await bot.moderator.check(user.id, *texts)  # type: ignore[attr-defined]
+        if refusal:
+            await interaction.response.send_message(refusal, ephemeral=True)
+            return
+        if prompts[0].image_urls and not bot.settings.image_urls:  # type: ignore[attr-defined]
+            await interaction.response.send_message(
+                "Image links are turned off on this server: attach the image to /imagine instead.",
+                ephemeral=True,
+            )
+            return
+        jobs = [parsed for parsed in prompts for _ in range(parsed.repeat)]
+        if len(jobs) > bot.settings.permutation_confirm_over:  # type: ignore[attr-defined]
+            view = ConfirmJobs(self, jobs, image)
+            await interaction.response.send_message(
+                f"This prompt makes **{len(jobs)} jobs**. Start them all?", view=view, ephemeral=True
+            )
+            return
+        await self.start_jobs(interaction, jobs, image)
+
+    def _parse(self, raw: str, user: User, image: discord.Attachment | None) -> list[ParsedPrompt]:
+        models = getattr(getattr(self.bot.engine, "registry", None), "specs", None)  # type: ignore[attr-defined]
+        variants = expand_permutations(raw, MAX_JOBS_PER_PROMPT)
+        defaults = prompt_defaults(user)
+        parsed = [
+            parse_prompt(text, models=frozenset(models) if models else None, attachments=1 if image else 0)
+            for text in variants
+        ]
+        if sum(p.repeat for p in parsed) > MAX_JOBS_PER_PROMPT:
+            raise PromptError(f"That prompt makes more than {MAX_JOBS_PER_PROMPT} jobs; split it up.")
+        return [p.with_defaults(defaults) for p in parsed]
+
+    async def start_jobs(
+        self, interaction: discord.Interaction, jobs: list[ParsedPrompt], image: discord.Attachment | None
+    ) -> None:
+        """The first job answers the interaction; the others get their own channel messages."""
+        first, *others = jobs
+        if first.image_urls or image is not None:
+            started = await self._start_with_image(interaction, first, image)
+        else:
+            started = await submit_job(interaction, lambda ack: self._submit(interaction, first, ack))
+        if started is None:
+            return
+        for parsed in others:
+            try:
+                await self._submit(
+                    interaction,
+                    parsed,
+                    self._channel_origin(interaction),
+                    started.params.get("init_image_key"),
+                )
+            except Exception as error:  # refused (queue full...) or failed: say so once, privately
+                await interaction.followup.send(f"Not all jobs could start: {error}", ephemeral=True)
+                return
+
+    async def _submit(self, interaction: discord.Interaction, parsed: ParsedPrompt, acknowledge, key=None):  # type: ignore[no-untyped-def]
+        return await self.bot.jobs.submit_imagine(  # type: ignore[attr-defined]
+            interaction.user.id, acknowledge, parsed, user_name=interaction.user.name, init_image_key=key
         )
+
+    def _channel_origin(self, interaction: discord.Interaction):  # type: ignore[no-untyped-def]
+        async def acknowledge() -> Origin:
+            return Origin(channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id)
+
+        return acknowledge
+
+    async def _start_with_image(
+        self, interaction: discord.Interaction, parsed: ParsedPrompt, image: discord.Attachment | None
+    ):  # type: ignore[no-untyped-def]
+        response = await interaction.response.defer(thinking=True)
+        origin = Origin(
+            channel_id=interaction.channel_id or 0,
+            guild_id=interaction.guild_id,
+            application_id=interaction.application_id,
+            interaction_token=interaction.token,
+            message_id=response.message_id if response else None,
+        )
+        try:
+            picture = await self._load_image(parsed, image)
+        except ImageFetchError as error:
+            await answer_privately(interaction, f"That image could not be used: {error}")
+            return None
+        key = await self.bot.jobs.store.put_image(picture)  # type: ignore[attr-defined]
+
+        async def already_acknowledged() -> Origin:
+            return origin
+
+        return await submit_job(
+            interaction, lambda _: self._submit(interaction, parsed, already_acknowledged, key)
+        )
+
+    async def _load_image(self, parsed: ParsedPrompt, image: discord.Attachment | None):  # type: ignore[no-untyped-def]
+        if image is not None:
+            if image.size > FetchPolicy().max_bytes:
+                raise ImageFetchError("the attachment is too large")
+            data = await image.read()
+            return await asyncio.to_thread(load_attachment_image, data)
+        return await fetch_image(parsed.image_urls[0])
+
+
+class ConfirmJobs(discord.ui.View):
+    """Yes/No for a prompt that expands into many jobs (short-lived: not persistent across restarts)."""
+
+    def __init__(self, cog: ImagineCog, jobs: list[ParsedPrompt], image: discord.Attachment | None) -> None:
+        super().__init__(timeout=CONFIRM_TIMEOUT)
+        self.cog, self.jobs, self.image = cog, jobs, image
+
+    @discord.ui.button(label="Yes, start them", style=discord.ButtonStyle.success)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.stop()
+        await self.cog.start_jobs(interaction, self.jobs, self.image)
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.stop()
+        await interaction.response.edit_message(content="Canceled: nothing was queued.", view=None)
 
 
 async def setup(bot: commands.Bot) -> None:

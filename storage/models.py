@@ -28,8 +28,11 @@ class JobKind:
     UPSCALE = "upscale"  # U1–U4: one tile of a grid on its own, full resolution
     VARIATION = "variation"  # V1–V4: four new images from one tile (img2img)
     REROLL = "reroll"  # 🔄: the same prompt with a new seed
+    ENHANCE = "enhance"  # Upscale (Subtle/Creative) of a single image: 2x with the engine
+    OUTPAINT = "outpaint"  # Zoom Out 2x/1.5x, Make Square, pans: the canvas grows around a single image
+    # Vary (Subtle/Strong) of a single image is a VARIATION whose operation is vary_subtle/vary_strong
 
-    ALL = frozenset({IMAGINE, UPSCALE, VARIATION, REROLL})
+    ALL = frozenset({IMAGINE, UPSCALE, VARIATION, REROLL, ENHANCE, OUTPAINT})
 
 
 class User(SQLModel, table=True):
@@ -41,7 +44,32 @@ class User(SQLModel, table=True):
     mode: str = "fast"  # default speed for new jobs: "fast" or "relax"
     banned: bool = False
     ban_reason: str | None = None
+    blocked_until: datetime | None = None  # a timed block after repeated moderation hits
+    preferences: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    suffix: str = ""  # /prefer suffix: appended to every prompt
+    remix: bool = False  # remix mode: variations and rerolls first open a prompt editor
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class BannedWord(SQLModel, table=True):
+    """A term added with `/admin banned-words` (terms from the BANNED_WORDS setting are not stored)."""
+
+    __tablename__ = "banned_words"
+
+    term: str = Field(primary_key=True, max_length=100)
+    added_by: int = Field(sa_column=Column(BigInteger, nullable=False))
+    at: datetime = Field(default_factory=utcnow)
+
+
+class ModerationHit(SQLModel, table=True):
+    """A prompt refused by the banned-word check (the prompt itself is not kept)."""
+
+    __tablename__ = "moderation_hits"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    term: str
+    at: datetime = Field(default_factory=utcnow, index=True)
 
 
 class LedgerKind:
@@ -139,6 +167,16 @@ class JobTransition(SQLModel, table=True):
     to_state: JobState
     attempt: int = 0
     note: str | None = None
+    at: datetime = Field(default_factory=utcnow)
+
+
+class Favourite(SQLModel, table=True):
+    """A user's ❤️ on a result (one row per user and job; toggled by the button)."""
+
+    __tablename__ = "favourites"
+
+    user_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    job_id: str = Field(foreign_key="jobs.id", primary_key=True, max_length=32)
     at: datetime = Field(default_factory=utcnow)
 
 
