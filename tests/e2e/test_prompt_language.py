@@ -1,0 +1,164 @@
+"""The prompt language end to end: parameters reaching the engine, the bad-input catalogue, moderation,
+/settings and /prefer, permutations with confirmation, and image prompts."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+from sqlmodel import col, select
+
+from storage.models import AuditEntry, Job
+from storage.states import JobState
+from tests.e2e.harness import bot_settings, is_final_grid, running_bot, wait_for_message
+from tests.e2e.test_tiers_and_admin import command
+
+DEFERRED, MESSAGE = 5, 4
+
+
+async def jobs_of(bot, *where) -> list[Job]:
+    async with bot.database.sessions() as session:
+        return list((await session.exec(select(Job).where(*where))).all())
+
+
+async def imagine_and_wait(emu, prompt, user=None, **kwargs):
+    ix = await emu.invoke_slash("imagine", {"prompt": prompt}, user=user, **kwargs)
+    assert await ix.wait_for_response(3) == DEFERRED
+    return await wait_for_message(emu, lambda m: m.id == ix.response_message_id and is_final_grid(m))
+
+
+def png_bytes(size=(48, 32), colour=(200, 40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_parameters_reach_the_job_and_the_message(emu, tiny_model_dir, tmp_path):
+    async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu) as runner:
+        grid = await imagine_and_wait(emu, "castle::2 fog::-0.5 --s 1000 --q .5 --tile --no rain --seed 7")
+        (job,) = await jobs_of(runner.bot)
+        assert job.steps == 2  # --q .5 of MODEL_STEPS=4
+        assert job.params["guidance"] == pytest.approx(3.0)  # --s 1000
+        assert job.params["tile"] is True
+        assert job.params["engine_prompt"] == "castle" and "fog" in job.params["engine_negative"]
+        assert "rain" in job.params["engine_negative"]
+        assert "--steps 2" in grid.content or "--q" in grid.content  # the prompt as interpreted
+    emu.assert_clean()
+
+
+CATALOGUE = [
+    ("", "empty"),
+    ("x" * 10_000, "characters"),
+    ("a\x07b", "control"),
+    ("a fox --ar 0:1", "--ar"),
+    ("a fox --ar 99999:1", "--ar"),
+    ("a fox --seed -1", "--seed"),
+    ("a fox --seed 1e9999", "--seed"),
+    ("a fox --q banana", "--q"),
+    ("a {red, blue fox", "{"),
+    ("a::1 fox::-2", "weight"),
+    ("a fox --bogus 1", "--bogus"),
+    ("a fox --model x;rm", "--model"),
+    ("https://example.com/a.png a fox", "Image links are turned off"),
+    ("a BaDw0rd fox", "moderator"),
+]
+
+
+async def test_the_bad_input_catalogue_answers_privately_and_creates_nothing(emu, tiny_model_dir, tmp_path):
+    settings = bot_settings(emu, tiny_model_dir, tmp_path / "data", banned_words="badword")
+    async with running_bot(settings, emu) as runner:
+        for prompt, fragment in CATALOGUE:
+            ix = await emu.invoke_slash("imagine", {"prompt": prompt})
+            assert await ix.wait_for_response(3) == MESSAGE, prompt[:40]
+            answer = emu.get_message(ix.response_message_id)
+            assert answer.ephemeral and fragment.lower() in answer.content.lower(), (
+                prompt[:40],
+                answer.content,
+            )
+            assert len(answer.content) < 400
+        assert await jobs_of(runner.bot) == []
+    emu.assert_clean()
+
+
+async def test_moderation_escalates_to_a_timed_block(emu, tiny_model_dir, tmp_path):
+    admin, member = emu.add_user("admin"), emu.add_user("member")
+    settings = bot_settings(emu, tiny_model_dir, tmp_path / "data", admin_user_ids=str(admin.id))
+    async with running_bot(settings, emu) as runner:
+        assert "added" in await command(emu, "admin banned-words", {"action": "add", "term": "dragon"}, admin)
+        for attempt in ("a dragon", "a d r a g o n", "a DR4GON!"):
+            ix = await emu.invoke_slash("imagine", {"prompt": attempt}, user=member)
+            assert await ix.wait_for_response(3) == MESSAGE
+        assert "blocked until" in emu.get_message(ix.response_message_id).content
+        ix = await emu.invoke_slash("imagine", {"prompt": "a kitten"}, user=member)
+        assert await ix.wait_for_response(3) == MESSAGE
+        assert "blocked until" in emu.get_message(ix.response_message_id).content
+        async with runner.bot.database.sessions() as session:
+            audit = (
+                await session.exec(select(AuditEntry).where(col(AuditEntry.action) == "auto-block"))
+            ).all()
+        assert [entry.target for entry in audit] == [str(member.id)]
+        assert await jobs_of(runner.bot) == []
+    emu.assert_clean()
+
+
+async def test_settings_and_suffix_apply_under_the_prompt(emu, tiny_model_dir, tmp_path):
+    async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu) as runner:
+        assert "--ar 3:2" in await command(emu, "prefer suffix", {"text": "--ar 3:2"})
+        assert "stylize 0" in await command(emu, "settings", {"stylize": 0})
+        await imagine_and_wait(emu, "a boat")
+        await imagine_and_wait(emu, "a boat --ar 1:1 --s 1000")
+        first, second = sorted(await jobs_of(runner.bot), key=lambda job: job.created_at)
+        assert (first.width, first.height) == (80, 56) and first.params["guidance"] == pytest.approx(11.0)
+        assert (second.width, second.height) == (64, 64) and second.params["guidance"] == pytest.approx(3.0)
+        assert "not valid" in await command(emu, "prefer suffix", {"text": "--seed banana"})
+    emu.assert_clean()
+
+
+async def test_permutations_ask_for_confirmation_above_the_threshold(emu, tiny_model_dir, tmp_path):
+    member = emu.add_user("member")
+    async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu) as runner:
+        await runner.bot.accounts.update(member.id, tier="pro")
+        small = await emu.invoke_slash("imagine", {"prompt": "a {red, green} fox --steps 1"}, user=member)
+        assert await small.wait_for_response(3) == DEFERRED
+        await emu.wait_for(lambda: _jobs_done(runner.bot, 2), timeout=30, what="two permutation jobs")
+
+        big = await emu.invoke_slash(
+            "imagine", {"prompt": "a {red, green, blue} owl --repeat 2 --steps 1"}, user=member
+        )
+        assert await big.wait_for_response(3) == MESSAGE
+        question = emu.get_message(big.response_message_id)
+        assert question.ephemeral and "6 jobs" in question.content
+        assert len(await jobs_of(runner.bot)) == 2  # nothing queued before the answer
+        yes = question.custom_ids()[0]
+        click = await emu.click(question.id, yes, user=member)
+        assert await click.wait_for_response(3) == DEFERRED
+        await emu.wait_for(lambda: _jobs_done(runner.bot, 8), timeout=60, what="all permutation jobs")
+        owls = sorted(job.prompt for job in await jobs_of(runner.bot, col(Job.prompt).contains("owl")))
+        assert owls == ["a blue owl"] * 2 + ["a green owl"] * 2 + ["a red owl"] * 2
+    emu.assert_clean()
+
+
+async def test_an_attached_image_is_an_image_prompt(emu, tiny_model_dir, tmp_path):
+    async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu) as runner:
+        grid = await imagine_and_wait(
+            emu, "make it blue --iw 2", attachments={"image": ("in.png", png_bytes())}
+        )
+        (job,) = await jobs_of(runner.bot)
+        assert job.operation == "img2img" and job.params["init_image_key"]
+        assert job.params["strength"] < 0.6  # --iw 2 keeps more of the image than the default
+        assert grid.attachments
+
+        ix = await emu.invoke_slash(
+            "imagine", {"prompt": "oops"}, attachments={"image": ("x.png", b"not an image")}
+        )
+        assert await ix.wait_for_response(3) == DEFERRED
+        answer = await wait_for_message(
+            emu, lambda m: m.id == ix.response_message_id and "could not be used" in m.content
+        )
+        assert not answer.custom_ids() and len(await jobs_of(runner.bot)) == 1
+    emu.assert_clean()
+
+
+async def _jobs_done(bot, count: int) -> bool:
+    return len(await jobs_of(bot, col(Job.state) == JobState.SUCCEEDED)) >= count
