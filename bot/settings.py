@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     progress_edit_interval: float = Field(
         default=1.5, ge=0.2, le=30, description="Seconds between progress edits of one message."
     )
+    progress_edits_per_second: float = Field(
+        default=20,
+        gt=0,
+        le=45,
+        description="Progress edits per second for the whole bot; each job edits less often as more run "
+        "(see bot/edit_budget.py; Discord allows 50 requests/s in all).",
+    )
     log_level: str = "INFO"
 
     @field_validator("admin_user_ids", "admin_role_ids", mode="before")

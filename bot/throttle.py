@@ -4,6 +4,10 @@ Engines report progress far faster than Discord lets a message be edited. ``Thro
 keeps only the newest item, sends it no sooner than ``interval`` after the previous send, never has
 two sends in flight, and on ``close()`` waits for the send in flight so that a stale progress edit
 can never land after the final result.
+
+``interval`` may be a callable (read before every send, so a shared budget can stretch it as load
+grows), and ``gate`` an awaitable hook called before each send (``gate(first)``, e.g. waiting for a slot
+of ``bot.edit_budget.EditBudget``); the newest item is taken only after the gate opens.
 """
 
 from __future__ import annotations
@@ -24,17 +28,20 @@ class ThrottledSender(Generic[T]):
     def __init__(
         self,
         send: Callable[[T], Awaitable[None]],
-        interval: float,
+        interval: float | Callable[[], float],
         *,
         clock: Callable[[], float] = time.monotonic,
         first_delay: float = 0.0,
+        gate: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self._send = send
-        self._interval = interval
+        self._interval: Callable[[], float] = interval if callable(interval) else _constant(interval)
         self._clock = clock
+        self._gate = gate
         self._latest: T | None = None
         self._has_item = asyncio.Event()
-        self._last_sent = clock() - interval + first_delay
+        self._first_at = clock() + first_delay
+        self._last_sent: float | None = None
         self._closed = False
         self._sending = False
         self._task = asyncio.create_task(self._run())
@@ -62,11 +69,16 @@ class ThrottledSender(Generic[T]):
             await self._has_item.wait()
             if self._closed:
                 return
-            delay = self._last_sent + self._interval - self._clock()
+            due = self._first_at if self._last_sent is None else self._last_sent + self._interval()
+            delay = due - self._clock()
             if delay > 0:
                 await asyncio.sleep(delay)
             if self._closed:
                 return
+            if self._gate is not None:
+                await self._gate(self.sent == 0)
+                if self._closed:
+                    return
             self._has_item.clear()
             item, self._latest = self._latest, None
             if item is None:
@@ -80,3 +92,7 @@ class ThrottledSender(Generic[T]):
                 log.warning("throttled send failed", exc_info=True)
             finally:
                 self._sending = False
+
+
+def _constant(value: float) -> Callable[[], float]:
+    return lambda: value

@@ -4,6 +4,10 @@ A job's message is edited through its interaction token (a webhook edit) while t
 after that, or if the message is gone, a normal channel message takes over and the job row is updated
 so later edits (and a restarted bot) use it. Edits of one job are serialized and only ever move
 forward (waiting → progress → final), so a slow progress edit can never overwrite the result.
+
+Progress edits of all jobs share one ``EditBudget`` (bot/edit_budget.py): a global rate, a per-channel
+rate for channel-message edits, and a per-message interval that grows with the number of running jobs.
+The waiting text, results and failures do not wait for the budget.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from enum import IntEnum
 import discord
 from discord.ext import commands
 
+from bot.edit_budget import EditBudget
 from bot.grid import encode_for_upload, make_grid
 from bot.throttle import ThrottledSender
 from cogs.buttons import result_view
@@ -55,11 +60,31 @@ def headline(job: Job) -> str:
         discord.utils.escape_markdown(job.params.get("display", job.prompt))
     )
     mention = f"<@{job.user_id}>"
+    # a button's result links the message it came from (an interaction response cannot be a reply)
+    mention += f" · {job.params['reply_to']}" if job.params.get("reply_to") else ""
     if job.kind == JobKind.UPSCALE and job.parent_index is not None:
         return f"**{display}** - Image #{job.parent_index + 1} {mention}"
+    if job.operation in _BY_OPERATION and job.kind != JobKind.IMAGINE:
+        return f"**{display}** - {_BY_OPERATION[job.operation]} by {mention}"
     if job.kind == JobKind.VARIATION:
         return f"**{display}** - Variations by {mention}"
     return f"**{display}** - {mention}"
+
+
+_BY_OPERATION = {
+    "upscale_subtle": "Upscaled (Subtle)",
+    "upscale_creative": "Upscaled (Creative)",
+    "vary_subtle": "Variations (Subtle)",
+    "vary_strong": "Variations (Strong)",
+    "zoom_out_2x": "Zoom Out",
+    "zoom_out_1.5x": "Zoom Out",
+    "make_square": "Make Square",
+    "pan_left": "Pan Left",
+    "pan_right": "Pan Right",
+    "pan_up": "Pan Up",
+    "pan_down": "Pan Down",
+}
+"""Midjourney's wording for the result of each single-image button."""
 
 
 class DiscordPresenter:
@@ -69,10 +94,12 @@ class DiscordPresenter:
         edit_interval: float,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        budget: EditBudget | None = None,
     ) -> None:
         self.bot = bot
         self.edit_interval = edit_interval
         self.now = now
+        self.budget = budget or EditBudget(min_interval=edit_interval)
         self._messages: dict[str, _MessageState] = {}
 
     # -- JobPresenter ----------------------------------------------------------------------------
@@ -87,7 +114,12 @@ class DiscordPresenter:
         if state.stage == Stage.FINAL:
             return
         if state.sender is None:
-            state.sender = ThrottledSender(lambda u: self._show_progress(job, u), self.edit_interval)
+            self.budget.register(job.id)
+            state.sender = ThrottledSender(
+                lambda u: self._show_progress(job, u),
+                self.budget.interval,
+                gate=lambda first: self.budget.acquire(first=first, channel=self._edit_channel(job)),
+            )
         state.sender.offer(update)
 
     async def succeeded(self, job: Job, images: list[StoredImage]) -> None:
@@ -122,8 +154,20 @@ class DiscordPresenter:
     async def _stop_progress(self, job_id: str) -> None:
         state = self._state(job_id)
         sender, state.sender = state.sender, None
+        self.budget.unregister(job_id)
         if sender is not None:
             await sender.close()
+
+    def _edit_channel(self, job: Job) -> int | None:
+        """The channel whose bucket a progress edit of ``job`` counts against; None for webhook edits.
+
+        Decided from the job's age: from TOKEN_MOVE_AGE on the watchdog may have moved the message to
+        the channel, so its edits are counted as channel edits (conservatively, before the move too).
+        """
+        if job.interaction_token and job.message_id:
+            if not job.created_at or self.now() - _aware(job.created_at) < TOKEN_MOVE_AGE:
+                return None
+        return job.channel_id
 
     def _state(self, job_id: str) -> _MessageState:
         return self._messages.setdefault(job_id, _MessageState())
@@ -221,4 +265,6 @@ def _aware(moment: datetime) -> datetime:
 
 
 async def setup(bot: commands.Bot) -> None:
-    bot.jobs.presenter = DiscordPresenter(bot, bot.settings.progress_edit_interval, now=bot.now)  # type: ignore[attr-defined]
+    settings = bot.settings  # type: ignore[attr-defined]
+    budget = EditBudget(settings.progress_edits_per_second, min_interval=settings.progress_edit_interval)
+    bot.jobs.presenter = DiscordPresenter(bot, settings.progress_edit_interval, now=bot.now, budget=budget)  # type: ignore[attr-defined]

@@ -1,0 +1,140 @@
+"""The shared progress-edit budget, driven by a fake clock (deterministic) and, for the sender gate, a real loop."""
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from bot.edit_budget import EditBudget
+from bot.throttle import ThrottledSender
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window - 1e-9:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_interval_grows_with_running_jobs_and_never_drops_below_the_minimum():
+    budget = EditBudget(20, min_interval=1.5, clock=FakeClock())
+    assert budget.interval() == 1.5
+    for i in range(30):
+        budget.register(i)
+    assert budget.interval() == 1.5  # 30 jobs at 1.5 s = 20/s: still fits
+    for i in range(30, 100):
+        budget.register(i)
+    assert budget.interval() == pytest.approx(5.0)  # 100 jobs share 20/s: one edit per 5 s each
+    budget.register(5)  # registering twice counts once
+    assert budget.running == 100
+    for i in range(100):
+        budget.unregister(i)
+    budget.unregister(12345)  # unknown: ignored
+    assert budget.running == 0 and budget.interval() == 1.5
+
+
+def test_later_edits_are_spaced_at_the_global_rate():
+    clock = FakeClock()
+    budget = EditBudget(10, min_interval=1, clock=clock)
+    waits = [budget.reserve_global() for _ in range(5)]
+    assert waits == pytest.approx([0, 0.1, 0.2, 0.3, 0.4])
+    clock.t += 10  # idle time does not bank credit for later (non-first) edits
+    assert budget.reserve_global() == 0
+    assert budget.reserve_global() == pytest.approx(0.1)
+
+
+def test_first_edits_may_burst_then_queue():
+    clock = FakeClock()
+    budget = EditBudget(10, min_interval=1, burst=4, clock=clock)
+    waits = [budget.reserve_global(first=True) for _ in range(6)]
+    assert waits[:4] == pytest.approx([0, 0, 0, 0])  # four first previews at once
+    assert waits[4] == pytest.approx(0.1) and waits[5] == pytest.approx(0.2)
+    # a later edit of a running job waits behind the burst (it has already shown something)
+    assert budget.reserve_global() == pytest.approx(0.6)
+
+
+def test_first_edit_overtakes_queued_progress_edits():
+    clock = FakeClock()
+    budget = EditBudget(10, min_interval=1, burst=5, clock=clock)
+    for _ in range(3):
+        budget.reserve_global()  # booked at +0, +0.1, +0.2
+    assert budget.reserve_global(first=True) == 0  # a new job's first preview does not wait for them
+
+
+def test_channel_edits_are_spaced_per_channel_without_burst():
+    clock = FakeClock()
+    budget = EditBudget(20, min_interval=1, channel_rate=0.5, clock=clock)
+    assert [budget.reserve_channel(7) for _ in range(3)] == pytest.approx([0, 2, 4])
+    assert budget.reserve_channel(8) == 0  # another channel has its own bucket
+    clock.t += 100
+    assert budget.reserve_channel(7) == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_load_never_exceeds_the_budget_in_any_window(seed):
+    """Random arrivals of first and later edits: grants per window ≤ burst + rate·W (globally) and
+    ≤ 1 + channel_rate·W per channel, so Discord's 50/1 s global and 5/5 s channel buckets are safe."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    budget = EditBudget(20, min_interval=1.5, burst=10, channel_rate=0.5, clock=clock)
+    granted: list[float] = []
+    channel_granted: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(3000):
+        clock.t += rng.expovariate(60)  # asked for 3x faster than the budget
+        channel = rng.choice([None, None, None, 1, 2])
+        if channel is not None:
+            channel_granted[channel].append(clock.t + budget.reserve_channel(channel))
+        granted.append(clock.t + budget.reserve_global(first=rng.random() < 0.2))
+    assert max_in_window(granted, 1.0) <= 10 + 20
+    assert max_in_window(granted, 5.0) <= 10 + 100
+    for times in channel_granted.values():
+        assert max_in_window(times, 5.0) <= 3
+    assert budget.granted == 3000
+
+
+def test_rejects_nonsense():
+    with pytest.raises(ValueError):
+        EditBudget(0)
+    with pytest.raises(ValueError):
+        EditBudget(10, burst=0)
+
+
+async def test_sender_gate_and_dynamic_interval_space_many_senders():
+    """Twelve throttled senders through one budget of 20/s: first sends go out at once (burst), then
+    the total stays within budget and each sender's gaps follow the growing interval."""
+    budget = EditBudget(20, min_interval=0.1, burst=12)
+    sent: dict[int, list[float]] = {i: [] for i in range(12)}
+    senders = []
+    for i in range(12):
+        budget.register(i)
+
+        async def send(item: int, i: int = i) -> None:
+            sent[i].append(time.monotonic())
+
+        senders.append(ThrottledSender(send, budget.interval, gate=lambda first: budget.acquire(first=first)))
+    start = time.monotonic()
+    for _ in range(40):
+        for s in senders:
+            s.offer(1)
+        await asyncio.sleep(0.02)
+    for s in senders:
+        await s.close()
+    assert budget.interval() == pytest.approx(0.6)  # 12 jobs / 20 per s
+    assert all(times[0] - start < 0.05 for times in sent.values())  # every first edit at once
+    everything = [t for times in sent.values() for t in times]
+    assert max_in_window(everything, 0.5) <= 12 + 10 + 1
+    for times in sent.values():
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert all(gap >= 0.6 - 0.02 for gap in gaps)
