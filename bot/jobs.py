@@ -27,6 +27,7 @@ from bot.quotas import QuotaService, format_duration
 from bot.scheduler import Scheduler
 from engine.base import (
     MAX_SEED,
+    TILE_COUNT,
     CancelToken,
     Engine,
     EngineCancelled,
@@ -35,6 +36,7 @@ from engine.base import (
     Operation,
     ProgressUpdate,
 )
+from engine.geometry import output_size
 from engine.seeds import tile_seeds
 from engine.sizes import size_for_aspect
 from storage.images import ImageNotFound, LocalImageStore
@@ -57,6 +59,19 @@ DEFAULT_GUIDANCE = 7.0
 VARIATION_STRENGTH = 0.6
 """img2img strength of V1–V4: keeps the composition, changes the details (Midjourney's "strong" is ~0.75)."""
 
+
+CHILD_OPERATIONS: dict[str, frozenset[Operation]] = {
+    JobKind.UPSCALE: frozenset(),  # separation of a tile: no engine, no operation
+    JobKind.VARIATION: frozenset({Operation.VARY_SUBTLE, Operation.VARY_STRONG}),
+    JobKind.REROLL: frozenset(),
+    JobKind.ENHANCE: frozenset({Operation.UPSCALE_SUBTLE, Operation.UPSCALE_CREATIVE}),
+    JobKind.OUTPAINT: frozenset(op for op in Operation if op.is_outpaint),
+}
+"""The kinds of job a button makes, with the engine operations a single image's buttons may ask for."""
+
+_NOT_INHERITED = frozenset({"note", "init_image_key", "strength", "n", "reply_to", "remixed"})
+"""Parent params that describe the parent only (its queue note, its image prompt, its img2img knobs)."""
+_NOT_INHERITED_BY_REROLL = frozenset({"note", "n", "reply_to", "remixed"})
 
 ADMISSION_TIMEOUT = 1.5
 """Seconds admission may take before the interaction must be answered (Discord allows 3)."""
@@ -186,17 +201,37 @@ class JobService:
         return await self._submit(job, acknowledge, user_name, parsed.mode or mode)
 
     async def submit_child(
-        self, parent: Job, kind: str, index: int | None, user_id: int, acknowledge: Acknowledge
+        self,
+        parent: Job,
+        kind: str,
+        index: int | None,
+        user_id: int,
+        acknowledge: Acknowledge,
+        *,
+        operation: Operation | None = None,
+        remix: ParsedPrompt | None = None,
+        extra_params: dict[str, object] | None = None,
     ) -> Job:
-        """A job made from a button on ``parent``'s message: U (upscale), V (variation) or 🔄 (reroll)."""
-        if kind not in (JobKind.UPSCALE, JobKind.VARIATION, JobKind.REROLL):
+        """A job made from a button on ``parent``'s message.
+
+        Grid buttons: U (``UPSCALE``, no engine), V (``VARIATION``, img2img) and 🔄 (``REROLL``). Buttons of
+        a single image pass ``operation`` (``CHILD_OPERATIONS``): the job's size is the engine's real output
+        size for that operation on the parent's image, so admission checks the tier's limit on it.
+        ``remix``: the prompt as edited in Remix mode (replaces the parent's prompt and its knobs).
+        """
+        if kind not in CHILD_OPERATIONS:
             raise ValueError(f"unknown child kind {kind}")
+        if operation is not None and operation not in CHILD_OPERATIONS[kind]:
+            raise ValueError(f"operation {operation} does not fit a {kind} job")
+        # 🔄 redoes the parent as it was (image prompt included); the others start from its image
+        dropped = _NOT_INHERITED_BY_REROLL if kind == JobKind.REROLL else _NOT_INHERITED
+        params = {k: v for k, v in parent.params.items() if k not in dropped}
         job = Job(
             user_id=user_id,
             kind=kind,
             prompt=parent.prompt,
             negative_prompt=parent.negative_prompt,
-            params=dict(parent.params),
+            params={**params, **(extra_params or {})},
             parent_job_id=parent.id,
             parent_index=index,
             width=parent.width,
@@ -204,12 +239,55 @@ class JobService:
             steps=parent.steps,
             seed=self._new_seed(),
         )
-        if kind == JobKind.VARIATION:
+        if kind == JobKind.REROLL and "init_image_key" in params:
+            job.operation = parent.operation  # an image prompt is redone from the same image
+        if remix is not None:
+            self._apply_remix(job, remix)
+        if operation is not None:
+            if index is None:
+                raise ValueError(f"{operation} needs the index of the parent's image")
+            source = await self._stored_image(parent.id, index)
+            job.operation = operation
+            job.width, job.height = output_size(
+                operation, source.width, source.height, (source.width, source.height)
+            )
+            job.params = {**job.params, "n": 1 if operation.is_upscale else TILE_COUNT}
+        elif kind == JobKind.VARIATION:
             job.operation = Operation.IMG2IMG
             job.params = {**job.params, "strength": VARIATION_STRENGTH}
         if kind == JobKind.UPSCALE and index is not None:
             job.seed = tile_seeds(parent.seed, index + 1)[index]
         return await self._submit(job, acknowledge, mode=parent.mode)
+
+    def _apply_remix(self, job: Job, parsed: ParsedPrompt) -> None:
+        """Remix mode: the edited prompt replaces the parent's text and the knobs it sets."""
+        job.prompt, job.negative_prompt = parsed.text, parsed.negative
+        job.params = {
+            **job.params,
+            "display": parsed.render(base_steps=self.defaults.steps),
+            "engine_prompt": parsed.engine_prompt,
+            "engine_negative": parsed.engine_negative,
+            "remixed": True,
+        }
+        if parsed.stylize is not None:
+            job.params["guidance"] = guidance_for_stylize(parsed.stylize)
+        if parsed.tile:
+            job.params["tile"] = True
+        if parsed.model is not None:
+            job.params["model"] = parsed.model
+        if parsed.steps is not None or parsed.quality is not None:
+            job.steps = parsed.steps or steps_for_quality(parsed.quality, self.defaults.steps)
+        if parsed.seed is not None:
+            job.seed = parsed.seed
+        if job.kind == JobKind.REROLL and "ar" in parsed.given:
+            job.width, job.height = size_for_aspect(self.defaults.resolution, *parsed.aspect)
+            job.params["aspect"] = list(parsed.aspect)
+
+    async def _stored_image(self, job_id: str, index: int) -> StoredImage:
+        for image in await self.repo.images(job_id):
+            if image.index == index:
+                return image
+        raise ValueError(f"job {job_id} has no image {index}")
 
     async def _submit(
         self, job: Job, acknowledge: Acknowledge, user_name: str = "", mode: str | None = None
@@ -332,6 +410,7 @@ class JobService:
             strength=params.get("strength", VARIATION_STRENGTH),
             model=params.get("model"),
             tile=params.get("tile", False),
+            n=params.get("n", TILE_COUNT),
         )
 
     async def _init_image(self, job: Job) -> Image.Image:

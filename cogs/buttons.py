@@ -1,40 +1,147 @@
-"""The buttons under a result: U1–U4, V1–V4 and 🔄, as dynamic items that survive restarts.
+"""The buttons under a result, as dynamic items that survive restarts, and ``/show``.
 
-A button's ``custom_id`` is ``ib:<action>:<job id>[:<tile>]`` (at most 39 characters), so the click
-carries everything needed and discord.py routes it by pattern, with no per-message state to lose.
+A button's ``custom_id`` is ``ib:<action>:<job id>[:<tile>]`` (at most 41 characters), so the click
+carries everything needed and discord.py routes it by pattern, with no per-message state to lose:
+
+=========  =====================  ==========================================================
+action     button                 job it makes (kind / engine operation)
+=========  =====================  ==========================================================
+``u``      U1–U4 (grid, tile)     UPSCALE: the tile on its own, no engine
+``v``      V1–V4 (grid, tile)     VARIATION / img2img
+``r``      🔄 (grid)              REROLL: same prompt, new seed
+``us``     Upscale (Subtle)       ENHANCE / upscale_subtle (2x)
+``uc``     Upscale (Creative)     ENHANCE / upscale_creative (2x)
+``vs``     Vary (Subtle)          VARIATION / vary_subtle
+``vx``     Vary (Strong)          VARIATION / vary_strong
+``z2``     Zoom Out 2x            OUTPAINT / zoom_out_2x
+``z15``    Zoom Out 1.5x          OUTPAINT / zoom_out_1.5x
+``sq``     Make Square            OUTPAINT / make_square
+``pl`` …   ⬅️ ➡️ ⬆️ ⬇️              OUTPAINT / pan_left, pan_right, pan_up, pan_down
+``f``      ❤️                     none: toggles the clicker's favourite flag on the job
+=========  =====================  ==========================================================
+
+Buttons of a single image carry no tile (the image is index 0). The remix modal's ``custom_id`` is
+``ib:m:<action>:<job id>[:<tile>]``. Used buttons are shown coloured (primary for U/V/🔄, green for the
+single-image buttons), as Midjourney does; which are used is read from the parent's child jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
+import time
+from dataclasses import dataclass
+from datetime import timedelta
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
+from bot.prompt import PromptError, parse_prompt
 from cogs.submitting import submit_job
+from engine.base import Operation
 from storage.models import Job, JobKind
+from storage.results import ResultRepository
 from storage.states import JobState
 
 log = logging.getLogger(__name__)
 
-ACTIONS = {"u": JobKind.UPSCALE, "v": JobKind.VARIATION, "r": JobKind.REROLL}
 LOOKUP_TIMEOUT = 0.75
 """Seconds to wait for the database before acknowledging a click (Discord allows 3)."""
+DEDUPE_SECONDS = 10.0
+"""A second click of the same button by the same user within this time (or while the first job is
+still live) makes no new job."""
+
+NOT_YOUR_JOB = "That is not your job: only the person who ran it (or an admin) can use its buttons."
+ALREADY_WORKING = "I'm already working on that one; the result will appear in its own message."
+
+
+@dataclass(frozen=True)
+class Action:
+    code: str
+    kind: str | None  # None: no job (❤️)
+    operation: Operation | None = None
+    label: str | None = None
+    emoji: str | None = None
+    remixable: bool = False  # Remix mode edits the prompt first
+
+    @property
+    def used_style(self) -> discord.ButtonStyle:
+        return discord.ButtonStyle.primary if self.code in ("u", "v", "r") else discord.ButtonStyle.success
+
+
+ACTIONS: dict[str, Action] = {
+    a.code: a
+    for a in (
+        Action("u", JobKind.UPSCALE),
+        Action("v", JobKind.VARIATION, remixable=True),
+        Action("r", JobKind.REROLL, emoji="🔄", remixable=True),
+        Action("us", JobKind.ENHANCE, Operation.UPSCALE_SUBTLE, "Upscale (Subtle)"),
+        Action("uc", JobKind.ENHANCE, Operation.UPSCALE_CREATIVE, "Upscale (Creative)"),
+        Action("vs", JobKind.VARIATION, Operation.VARY_SUBTLE, "Vary (Subtle)", remixable=True),
+        Action("vx", JobKind.VARIATION, Operation.VARY_STRONG, "Vary (Strong)", remixable=True),
+        Action("z2", JobKind.OUTPAINT, Operation.ZOOM_OUT_2X, "Zoom Out 2x"),
+        Action("z15", JobKind.OUTPAINT, Operation.ZOOM_OUT_1_5X, "Zoom Out 1.5x"),
+        Action("sq", JobKind.OUTPAINT, Operation.MAKE_SQUARE, "Make Square"),
+        Action("pl", JobKind.OUTPAINT, Operation.PAN_LEFT, emoji="⬅️"),
+        Action("pr", JobKind.OUTPAINT, Operation.PAN_RIGHT, emoji="➡️"),
+        Action("pu", JobKind.OUTPAINT, Operation.PAN_UP, emoji="⬆️"),
+        Action("pd", JobKind.OUTPAINT, Operation.PAN_DOWN, emoji="⬇️"),
+        Action("f", None, emoji="❤️"),
+    )
+}
+_ACTION_PATTERN = "|".join(sorted(ACTIONS, key=len, reverse=True))
+
+SINGLE_ROWS = (("us", "uc", "vs", "vx"), ("z2", "z15", "sq"), ("pl", "pr", "pu", "pd"), ("f",))
+"""The buttons of a separated image (U1–U4 results and every other single-image job)."""
+UPSCALED_ROWS = (("vs", "vx", "f"),)
+"""An Upscale (Subtle/Creative) result: no further upscale, zoom or pan (Midjourney shows a reduced set)."""
+
+
+def custom_id_for(action: str, job_id: str, tile: int | None = None) -> str:
+    return f"ib:{action}:{job_id}" + (f":{tile}" if tile is not None else "")
+
+
+def used_key(action: str, tile: int | None) -> str:
+    return f"{action}:{tile}" if tile is not None else action
+
+
+def action_of(child: Job) -> str | None:
+    """The button that made ``child`` (as a ``used_key``), or None."""
+    if child.kind == JobKind.UPSCALE:
+        return used_key("u", child.parent_index)
+    if child.kind == JobKind.REROLL:
+        return "r"
+    if child.kind == JobKind.VARIATION and child.operation == Operation.IMG2IMG:
+        return used_key("v", child.parent_index)
+    for action in ACTIONS.values():
+        if action.operation is not None and action.operation == child.operation and action.kind == child.kind:
+            return action.code
+    return None
 
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button],
-    template=r"ib:(?P<action>[uvr]):(?P<job>[0-9a-f]{32})(?::(?P<tile>[0-3]))?",
+    template=rf"ib:(?P<action>{_ACTION_PATTERN}):(?P<job>[0-9a-f]{{32}})(?::(?P<tile>[0-3]))?",
 ):
-    def __init__(self, action: str, job_id: str, tile: int | None = None, row: int | None = None) -> None:
-        custom_id = f"ib:{action}:{job_id}" + (f":{tile}" if tile is not None else "")
-        if action == "r":
-            button = discord.ui.Button(emoji="🔄", style=discord.ButtonStyle.secondary, custom_id=custom_id)
-        else:
+    def __init__(
+        self,
+        action: str,
+        job_id: str,
+        tile: int | None = None,
+        row: int | None = None,
+        used: bool = False,
+    ) -> None:
+        spec = ACTIONS[action]
+        style = spec.used_style if used else discord.ButtonStyle.secondary
+        label = spec.label
+        if action in ("u", "v"):
             label = f"{action.upper()}{(tile or 0) + 1}"
-            button = discord.ui.Button(label=label, style=discord.ButtonStyle.secondary, custom_id=custom_id)
+        button = discord.ui.Button(
+            label=label, emoji=spec.emoji, style=style, custom_id=custom_id_for(action, job_id, tile)
+        )
         super().__init__(button, row=row)
         self.action, self.job_id, self.tile = action, job_id, tile
 
@@ -46,47 +153,167 @@ class JobButton(
         return cls(match["action"], match["job"], int(tile) if tile is not None else None)
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await handle_click(interaction, ACTIONS[self.action], self.job_id, self.tile)
+        await handle_click(interaction, self.action, self.job_id, self.tile)
 
 
-def result_view(job: Job, image_count: int) -> discord.ui.View | None:
-    """Grid results get U1–U4 + 🔄 and V1–V4; a single image has no buttons yet."""
-    if image_count < 2:
-        return None
+def result_view(job: Job, image_count: int, used: frozenset[str] | set[str] = frozenset()) -> discord.ui.View:
+    """Grid results get U1–U4 + 🔄 and V1–V4; a single image gets the single-image set (reduced after
+    an Upscale). ``used``: ``used_key``s of buttons already used (shown coloured)."""
     view = discord.ui.View(timeout=None)
-    for tile in range(image_count):
-        view.add_item(JobButton("u", job.id, tile, row=0))
-    view.add_item(JobButton("r", job.id, row=0))
-    for tile in range(image_count):
-        view.add_item(JobButton("v", job.id, tile, row=1))
+    if image_count >= 2:
+        for tile in range(image_count):
+            view.add_item(JobButton("u", job.id, tile, row=0, used=used_key("u", tile) in used))
+        view.add_item(JobButton("r", job.id, row=0, used="r" in used))
+        for tile in range(image_count):
+            view.add_item(JobButton("v", job.id, tile, row=1, used=used_key("v", tile) in used))
+        return view
+    rows = UPSCALED_ROWS if job.kind == JobKind.ENHANCE else SINGLE_ROWS
+    for row, actions in enumerate(rows):
+        for action in actions:
+            view.add_item(JobButton(action, job.id, row=row, used=action != "f" and action in used))
     return view
 
 
-async def handle_click(interaction: discord.Interaction, kind: str, job_id: str, tile: int | None) -> None:
+# -- clicks -------------------------------------------------------------------------------------------
+
+
+class _Dedupe:
+    """In-memory guard against double clicks racing each other (the database check covers restarts)."""
+
+    def __init__(self) -> None:
+        self._until: dict[tuple[object, ...], float] = {}
+
+    def claim(self, key: tuple[object, ...]) -> bool:
+        now = time.monotonic()
+        if self._until.get(key, 0.0) > now:
+            return False
+        self._until = {k: t for k, t in self._until.items() if t > now}  # forget old keys
+        self._until[key] = float("inf")  # until the job is made (or refused)
+        return True
+
+    def done(self, key: tuple[object, ...], made: bool) -> None:
+        if made:
+            self._until[key] = time.monotonic() + DEDUPE_SECONDS
+        else:
+            self._until.pop(key, None)
+
+
+_dedupe = _Dedupe()
+
+
+def _results(bot: discord.Client) -> ResultRepository:
+    return ResultRepository(bot.database)  # type: ignore[attr-defined]
+
+
+async def handle_click(interaction: discord.Interaction, action: str, job_id: str, tile: int | None) -> None:
     bot = interaction.client
+    spec = ACTIONS[action]
     try:
-        parent = await asyncio.wait_for(bot.jobs.repo.find(job_id), LOOKUP_TIMEOUT)  # type: ignore[attr-defined]
+        parent, user = await asyncio.wait_for(
+            asyncio.gather(
+                bot.jobs.repo.find(job_id),  # type: ignore[attr-defined]
+                bot.accounts.get(interaction.user.id, interaction.user.name),  # type: ignore[attr-defined]
+            ),
+            LOOKUP_TIMEOUT,
+        )
     except TimeoutError:
         await interaction.response.send_message("The bot is busy; try that button again.", ephemeral=True)
+        return
+    if spec.kind is None:  # ❤️: a per-user flag, anyone who sees the result may set their own
+        await _favourite(interaction, parent)
         return
     refusal = _refusal(bot, interaction.user, parent)
     if refusal:
         await interaction.response.send_message(refusal, ephemeral=True)
         return
     assert parent is not None
-    await submit_job(
-        interaction,
-        lambda acknowledge: bot.jobs.submit_child(  # type: ignore[attr-defined]
-            parent, kind, tile, interaction.user.id, acknowledge
-        ),
+    if spec.remixable and getattr(user, "remix", False):
+        await interaction.response.send_modal(RemixModal(parent, action, tile))
+        return
+    await _submit_child(interaction, parent, spec, tile)
+
+
+async def _submit_child(
+    interaction: discord.Interaction,
+    parent: Job,
+    spec: Action,
+    tile: int | None,
+    remix_text: str | None = None,
+) -> None:
+    """Dedupe, then admit and queue the button's job; mark the button used on the clicked message."""
+    bot = interaction.client
+    remix = None
+    if remix_text is not None:
+        try:
+            remix = parse_prompt(remix_text)
+        except PromptError as error:
+            await interaction.response.send_message(str(error), ephemeral=True)
+            return
+    index = tile if spec.operation is None else 0
+    prompt = remix.text if remix is not None else parent.prompt
+    key = (interaction.user.id, parent.id, spec.code, tile, prompt)
+    if not _dedupe.claim(key):
+        await interaction.response.send_message(ALREADY_WORKING, ephemeral=True)
+        return
+    made = False
+    try:
+        try:
+            duplicate = await asyncio.wait_for(
+                _results(bot).duplicate_of(
+                    user_id=interaction.user.id,
+                    parent_id=parent.id,
+                    kind=spec.kind or "",
+                    operation=_operation_value(spec),
+                    index=index,
+                    prompt=prompt,
+                    since=bot.now() - timedelta(seconds=DEDUPE_SECONDS),  # type: ignore[attr-defined]
+                ),
+                LOOKUP_TIMEOUT,
+            )
+        except TimeoutError:
+            await interaction.response.send_message("The bot is busy; try that button again.", ephemeral=True)
+            return
+        if duplicate is not None:
+            await interaction.response.send_message(ALREADY_WORKING, ephemeral=True)
+            return
+        reply_to = _link(interaction, parent)
+        job = await submit_job(
+            interaction,
+            lambda acknowledge: bot.jobs.submit_child(  # type: ignore[attr-defined]
+                parent,
+                spec.kind,
+                index,
+                interaction.user.id,
+                acknowledge,
+                operation=spec.operation,
+                remix=remix,
+                extra_params={"reply_to": reply_to} if reply_to else None,
+            ),
+        )
+        made = job is not None
+    finally:
+        _dedupe.done(key, made)
+    if made:
+        task = asyncio.create_task(_mark_used(bot, interaction, parent))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+def _operation_value(spec: Action) -> str | None:
+    """The operation the button's job row will have (None: any, for 🔄 which copies its parent's)."""
+    if spec.operation is not None:
+        return spec.operation.value
+    return {JobKind.VARIATION: Operation.IMG2IMG.value, JobKind.UPSCALE: Operation.TXT2IMG.value}.get(
+        spec.kind or ""
     )
 
 
 def _refusal(bot: discord.Client, user: discord.abc.User, parent: Job | None) -> str | None:
     if parent is None:
         return "That job no longer exists."
-    if parent.user_id != user.id and not bot.is_admin(user):  # type: ignore[attr-defined]
-        return "That is not your job: only the person who ran it (or an admin) can use its buttons."
+    everyone = getattr(bot.settings, "buttons_for_everyone", False)  # type: ignore[attr-defined]
+    if parent.user_id != user.id and not everyone and not bot.is_admin(user):  # type: ignore[attr-defined]
+        return NOT_YOUR_JOB
     # STORING: the images are stored and the result is being posted (its buttons may already show)
     if parent.state not in (JobState.STORING, JobState.SUCCEEDED):
         return (
@@ -97,5 +324,167 @@ def _refusal(bot: discord.Client, user: discord.abc.User, parent: Job | None) ->
     return None
 
 
+def _link(interaction: discord.Interaction, parent: Job) -> str | None:
+    """A jump link to the clicked message: the new result's message says which one it came from."""
+    message_id = interaction.message.id if interaction.message is not None else parent.message_id
+    channel_id = interaction.channel_id or parent.channel_id
+    if not (message_id and channel_id):
+        return None
+    guild = interaction.guild_id or parent.guild_id or "@me"
+    return f"https://discord.com/channels/{guild}/{channel_id}/{message_id}"
+
+
+async def _favourite(interaction: discord.Interaction, job: Job | None) -> None:
+    if job is None or job.state != JobState.SUCCEEDED:
+        await interaction.response.send_message("That result no longer exists.", ephemeral=True)
+        return
+    try:
+        now_favourite = await asyncio.wait_for(
+            _results(interaction.client).toggle_favourite(interaction.user.id, job.id), LOOKUP_TIMEOUT * 2
+        )
+    except TimeoutError:
+        await interaction.response.send_message("The bot is busy; try that button again.", ephemeral=True)
+        return
+    text = "❤️ Added to your favourites." if now_favourite else "Removed from your favourites."
+    await interaction.response.send_message(text, ephemeral=True)
+
+
+# -- marking used buttons -----------------------------------------------------------------------------
+
+_background: set[asyncio.Task[None]] = set()
+_mark_locks: dict[int, asyncio.Lock] = {}
+_mark_waiting: set[int] = set()
+
+
+async def _mark_used(bot: discord.Client, interaction: discord.Interaction, parent: Job) -> None:
+    """Colour the used buttons on the clicked message: a separate edit after the click was answered.
+
+    Edits of one message are serialized, and clicks that arrive while one waits share its edit (it
+    reads every used button when it runs), so a burst of clicks costs at most two edits.
+    """
+    message = interaction.message
+    if message is None and parent.channel_id and parent.message_id:
+        message = bot.get_partial_messageable(parent.channel_id).get_partial_message(parent.message_id)  # type: ignore[assignment]
+    if message is None or message.id in _mark_waiting:
+        return
+    _mark_waiting.add(message.id)
+    lock = _mark_locks.setdefault(message.id, asyncio.Lock())
+    try:
+        async with lock:
+            _mark_waiting.discard(message.id)
+            results = _results(bot)
+            children = await results.children(parent.id)
+            used = {key for key in map(action_of, children) if key is not None}
+            images = await bot.jobs.repo.images(parent.id)  # type: ignore[attr-defined]
+            await message.edit(view=result_view(parent, len(images), used))
+    except discord.HTTPException:
+        log.info("job %s: could not mark its used buttons", parent.id, exc_info=True)
+    except Exception:
+        log.exception("job %s: marking used buttons failed", parent.id)
+    finally:
+        _mark_waiting.discard(message.id)
+        if not lock.locked():
+            _mark_locks.pop(message.id, None)
+
+
+# -- Remix mode ---------------------------------------------------------------------------------------
+
+
+class RemixModal(discord.ui.Modal):
+    """Remix mode: edit the prompt before a variation or reroll; the submit makes the job."""
+
+    def __init__(self, parent: Job, action: str, tile: int | None) -> None:
+        super().__init__(
+            title="Remix prompt", timeout=900, custom_id=f"ib:m:{custom_id_for(action, parent.id, tile)[3:]}"
+        )
+        self.parent, self.action, self.tile = parent, action, tile
+        self.prompt: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
+            label="New prompt",
+            style=discord.TextStyle.paragraph,
+            custom_id="prompt",
+            default=str(parent.params.get("display", parent.prompt))[:1000],
+            max_length=1000,
+        )
+        self.add_item(self.prompt)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        bot = interaction.client
+        try:
+            parent = await asyncio.wait_for(bot.jobs.repo.find(self.parent.id), LOOKUP_TIMEOUT)  # type: ignore[attr-defined]
+        except TimeoutError:
+            await interaction.response.send_message("The bot is busy; try again.", ephemeral=True)
+            return
+        refusal = _refusal(bot, interaction.user, parent)
+        if refusal:
+            await interaction.response.send_message(refusal, ephemeral=True)
+            return
+        assert parent is not None
+        await _submit_child(
+            interaction, parent, ACTIONS[self.action], self.tile, remix_text=self.prompt.value
+        )
+
+
+# -- /show --------------------------------------------------------------------------------------------
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class ResultsCog(commands.Cog):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="show", description="Bring back one of your results with fresh buttons")
+    @app_commands.describe(job_id="The job id (from /info or the result's buttons)")
+    async def show(self, interaction: discord.Interaction, job_id: str) -> None:
+        from cogs.presenter import headline  # the presenter imports this module
+
+        wanted = job_id.strip().lower()
+        if not _JOB_ID.fullmatch(wanted):
+            await interaction.response.send_message(
+                "That is not a job id: it is 32 characters of 0-9 and a-f.", ephemeral=True
+            )
+            return
+        try:
+            job = await asyncio.wait_for(self.bot.jobs.repo.find(wanted), LOOKUP_TIMEOUT)  # type: ignore[attr-defined]
+        except TimeoutError:
+            await interaction.response.send_message("The bot is busy; try again.", ephemeral=True)
+            return
+        if job is None or (job.user_id != interaction.user.id and not self.bot.is_admin(interaction.user)):  # type: ignore[attr-defined]
+            # the same answer for both, so ids of other users' jobs cannot be probed
+            await interaction.response.send_message("You have no job with that id.", ephemeral=True)
+            return
+        if job.state != JobState.SUCCEEDED:
+            state = JobState(job.state)
+            why = "it has not finished yet" if not state.terminal else f"it ended {state.value.lower()}"
+            await interaction.response.send_message(f"That job has no result to show: {why}.", ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        try:
+            file, count = await _result_file(self.bot, job)
+        except Exception:
+            log.exception("job %s: could not load its result for /show", job.id)
+            await interaction.edit_original_response(
+                content="Sorry, that result's images could not be loaded."
+            )
+            return
+        content = f"{headline(job)} ({job.mode})" if count > 1 else headline(job)
+        await interaction.edit_original_response(
+            content=content, attachments=[file], view=result_view(job, count)
+        )
+
+
+async def _result_file(bot: commands.Bot, job: Job) -> tuple[discord.File, int]:
+    from bot.grid import encode_for_upload, make_grid
+
+    images = await bot.jobs.repo.images(job.id)  # type: ignore[attr-defined]
+    if not images:
+        raise LookupError(f"job {job.id} has no stored images")
+    pictures = [await bot.jobs.store.get_image(image.key) for image in images]  # type: ignore[attr-defined]
+    picture = pictures[0] if len(pictures) == 1 else make_grid(pictures)
+    data, extension = await asyncio.to_thread(encode_for_upload, picture)
+    return discord.File(io.BytesIO(data), filename=f"{job.id}.{extension}"), len(images)
+
+
 async def setup(bot: commands.Bot) -> None:
     bot.add_dynamic_items(JobButton)
+    await bot.add_cog(ResultsCog(bot))

@@ -60,11 +60,31 @@ def headline(job: Job) -> str:
         discord.utils.escape_markdown(job.params.get("display", job.prompt))
     )
     mention = f"<@{job.user_id}>"
+    # a button's result links the message it came from (an interaction response cannot be a reply)
+    mention += f" · {job.params['reply_to']}" if job.params.get("reply_to") else ""
     if job.kind == JobKind.UPSCALE and job.parent_index is not None:
         return f"**{display}** - Image #{job.parent_index + 1} {mention}"
+    if job.operation in _BY_OPERATION and job.kind != JobKind.IMAGINE:
+        return f"**{display}** - {_BY_OPERATION[job.operation]} by {mention}"
     if job.kind == JobKind.VARIATION:
         return f"**{display}** - Variations by {mention}"
     return f"**{display}** - {mention}"
+
+
+_BY_OPERATION = {
+    "upscale_subtle": "Upscaled (Subtle)",
+    "upscale_creative": "Upscaled (Creative)",
+    "vary_subtle": "Variations (Subtle)",
+    "vary_strong": "Variations (Strong)",
+    "zoom_out_2x": "Zoom Out",
+    "zoom_out_1.5x": "Zoom Out",
+    "make_square": "Make Square",
+    "pan_left": "Pan Left",
+    "pan_right": "Pan Right",
+    "pan_up": "Pan Up",
+    "pan_down": "Pan Down",
+}
+"""Midjourney's wording for the result of each single-image button."""
 
 
 class DiscordPresenter:
