@@ -76,6 +76,9 @@ def load_tiers(path: Path | None = None) -> TierConfig:
     return TierConfig(tiers=tiers, default=default, period=period)
 
 
+_EXPECTED_TYPES: dict[str, type | tuple[type, ...]] = {"bool": bool, "int": int, "float": (int, float)}
+
+
 def _tier(path: Path, name: str, values: object) -> Tier:
     if not isinstance(values, dict):
         raise TierConfigError(f"{path}: [tiers.{name}] must be a table")
@@ -84,12 +87,12 @@ def _tier(path: Path, name: str, values: object) -> Tier:
         if field.name not in values:
             raise TierConfigError(f"{path}: [tiers.{name}] is missing {field.name}")
         value = values[field.name]
-        expected = {"bool": bool, "int": int, "float": (int, float)}[str(field.type)]
+        expected = _EXPECTED_TYPES[str(field.type)]
         if not isinstance(value, expected) or (field.type != "bool" and isinstance(value, bool)):
             raise TierConfigError(
                 f"{path}: [tiers.{name}] {field.name} must be a {field.type}, not {value!r}"
             )
-        if field.type != "bool" and value < 0:
+        if field.type != "bool" and value < 0:  # type: ignore[operator]
             raise TierConfigError(f"{path}: [tiers.{name}] {field.name} must not be negative")
         kwargs[field.name] = value
     unknown = set(values) - {f.name for f in fields(Tier)}

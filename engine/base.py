@@ -150,7 +150,11 @@ class Engine(Protocol):
     """An image generator with a fixed number of concurrent slots."""
 
     name: str
-    slots: int
+
+    @property
+    def slots(self) -> int:
+        """How many requests may run at once (the scheduler starts this many workers)."""
+        ...
 
     async def start(self) -> None:
         """Load models / connect. Called once before the first ``generate``."""

@@ -474,7 +474,10 @@ class LocalDiffusersEngine:
 
     def _txt2img_or_img2img(self, loaded: _Loaded, jobs: list[_Job]) -> list[list[Image.Image]]:
         first = jobs[0].request
-        prompts, negatives, generators, rows = [], [], [], []
+        prompts: list[str] = []
+        negatives: list[str] = []
+        generators: list[torch.Generator] = []
+        rows: list[int] = []
         for job in jobs:
             r = job.request
             rows.append(len(prompts))

@@ -31,7 +31,7 @@ class StatsRepository:
             col(Job.state) == JobState.SUCCEEDED, col(Job.finished_at) >= since
         )
         async with self.database.sessions() as session:
-            return float((await session.exec(statement)).one())  # type: ignore[call-overload]
+            return float((await session.exec(statement)).one() or 0.0)  # type: ignore[call-overload]
 
     async def queue_waits(self, since: datetime) -> list[float]:
         """Seconds from entering QUEUED to starting PROCESSING, per attempt that started since ``since``."""
