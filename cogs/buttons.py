@@ -139,7 +139,7 @@ class JobButton(
         label = spec.label
         if action in ("u", "v"):
             label = f"{action.upper()}{(tile or 0) + 1}"
-        button = discord.ui.Button(
+        button: discord.ui.Button[discord.ui.View] = discord.ui.Button(
             label=label, emoji=spec.emoji, style=style, custom_id=custom_id_for(action, job_id, tile)
         )
         super().__init__(button, row=row)
