@@ -58,7 +58,9 @@ class InProcessBot:
 
     async def start(self, emu: DiscordEmulator) -> ImagineBot:
         apply_discord_endpoints(self.settings.discord_api_base, self.settings.discord_gateway_url)
-        self.engine = LocalDiffusersEngine(self.settings.model, self.settings.device)
+        self.engine = LocalDiffusersEngine(
+            self.settings.model, self.settings.device, max_batch=self.settings.engine_batch_max
+        )
         await self.engine.start()
         self.bot = ImagineBot(
             self.settings,
