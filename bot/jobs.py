@@ -22,7 +22,13 @@ from typing import Protocol
 from PIL import Image
 
 from bot.fair_queue import QueueEntry
-from bot.prompt import ParsedPrompt, guidance_for_stylize, steps_for_quality, strength_for_image_weight
+from bot.prompt import (
+    ParsedPrompt,
+    guidance_for_stylize,
+    steps_for_quality,
+    stop_fraction,
+    strength_for_image_weight,
+)
 from bot.quotas import QuotaService, format_duration
 from bot.scheduler import Scheduler
 from engine.base import (
@@ -181,6 +187,7 @@ class JobService:
             "guidance": guidance_for_stylize(parsed.stylize),
             "tile": parsed.tile,
             "model": parsed.model,
+            "stop": stop_fraction(parsed.stop),
         }
         job = Job(
             user_id=user_id,
@@ -411,6 +418,7 @@ class JobService:
             model=params.get("model"),
             tile=params.get("tile", False),
             n=params.get("n", TILE_COUNT),
+            stop=params.get("stop", 1.0),
         )
 
     async def _init_image(self, job: Job) -> Image.Image:

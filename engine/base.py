@@ -100,6 +100,7 @@ class GenerationRequest:
     strength: float = 0.6  # IMG2IMG only: 0 keeps the init image, 1 ignores it (other ops use their own)
     model: str | None = None  # a model alias of the engine's registry; None = the engine's default
     tile: bool = False  # seamless texture: circular padding on every conv layer
+    stop: float = 1.0  # --stop: fraction (0.1-1.0) of the denoising steps to run, then decode the x0 estimate
 
 
 @dataclass(frozen=True)

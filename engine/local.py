@@ -3,7 +3,7 @@
 ``generate`` validates the request, hands it to the engine's worker thread and awaits the result; the
 event loop keeps serving Discord meanwhile. The worker takes the oldest waiting job and, when batching is
 on (``max_batch > 1``), waits up to ``batch_window`` seconds for *compatible* jobs (same model, output
-size, steps, guidance, operation and strength, tile mode — see ``batch_key``) and runs them as one
+size, steps, guidance, operation and strength, tile mode, ``--stop`` — see ``batch_key``) and runs them as one
 pipeline call with per-job prompts, negatives and seeds. From the pipeline's ``callback_on_step_end`` it
 checks every job's cancel token, builds each job's latent preview every N steps and hands a
 ``ProgressUpdate`` to that job's loop with ``call_soon_threadsafe`` — ``on_progress`` always runs on the
@@ -70,7 +70,15 @@ from engine.geometry import (
 )
 from engine.loading import img2img_pipeline, load_pipeline, model_family, resolve_device
 from engine.models import LRUCache, ModelRegistry, ModelSpec
-from engine.previews import PreviewCadence, X0Capture, latent_preview, latent_rgb_factors
+from engine.previews import (
+    LATENT_RGB,
+    PreviewCadence,
+    X0Capture,
+    latent_preview,
+    latent_rgb_factors,
+    load_preview_decoder,
+    taesd_preview,
+)
 from engine.seeds import tile_seeds
 from engine.sizes import SIZE_MULTIPLE
 
@@ -107,6 +115,11 @@ def effective_steps(request: GenerationRequest) -> int:
     return max(request.steps, math.ceil(1 / strength))
 
 
+def stop_step(total: int, stop: float) -> int:
+    """The last denoising step run for ``--stop`` (``ceil(total * stop)``, at least 1)."""
+    return max(1, math.ceil(total * stop - 1e-9))
+
+
 def final_size(request: GenerationRequest) -> tuple[int, int]:
     init = request.init_image.size if request.init_image is not None else None
     return output_size(request.operation, request.width, request.height, init)
@@ -126,6 +139,7 @@ def batch_key(request: GenerationRequest, model: str) -> tuple[Any, ...] | None:
         request.operation,
         strength_of(request),
         request.tile,
+        request.stop,
     )
 
 
@@ -207,7 +221,11 @@ class LocalDiffusersEngine:
         upscale_tile: int = 768,
         channels_last: bool = False,
         compile_unet: bool = False,
+        preview_decoder: Any = None,
     ) -> None:
+        """``preview_decoder``: an ``AutoencoderTiny`` (TAESD) or a path / hub id of one, to decode the
+        previews instead of the latent→RGB matrix (see ``engine.previews``); None or ``"latent-rgb"``: the matrix.
+        """
         self.name = name
         self.model = model
         self.device = device
@@ -223,6 +241,8 @@ class LocalDiffusersEngine:
         self.upscale_tile = max(64, upscale_tile - upscale_tile % SIZE_MULTIPLE)
         self.channels_last = channels_last
         self.compile_unet = compile_unet
+        self._preview_source = None if preview_decoder in (None, LATENT_RGB) else preview_decoder
+        self._preview_decoder: Any = None  # loaded with the first model (on its device)
         self._dtype = dtype
         self._cache: LRUCache[str, _Loaded] = LRUCache(cache_bytes, _Loaded.size_bytes, self._release)
         self._lock = threading.Lock()  # held by the worker thread while it runs a batch
@@ -254,6 +274,7 @@ class LocalDiffusersEngine:
             upscale_tile=getattr(settings, "engine_upscale_tile", 768),
             channels_last=getattr(settings, "engine_channels_last", False),
             compile_unet=getattr(settings, "engine_torch_compile", False),
+            preview_decoder=getattr(settings, "engine_preview_decoder", LATENT_RGB),
         )
         values.update(overrides)
         return cls(settings.model, settings.device, **values)
@@ -444,9 +465,16 @@ class LocalDiffusersEngine:
         step_offset: int = 0,
         total: int | None = None,
         previews: bool = True,
+        stop: float = 1.0,
     ) -> Callable[..., dict[str, Any]]:
-        """``callback_on_step_end`` for a batch whose job ``j`` starts at latent row ``rows[j]``."""
+        """``callback_on_step_end`` for a batch whose job ``j`` starts at latent row ``rows[j]``.
+
+        ``stop < 1`` (``--stop``): after step ``ceil(total * stop)`` the latents are replaced by that
+        step's predicted x0 (the current latents when the scheduler gives none) and the pipeline's
+        interrupt flag is set, so the remaining steps are skipped and the VAE decodes the unfinished x0.
+        """
         capture, factors, cadence = loaded.capture, loaded.factors, self.cadence
+        decoder = self._preview_decoder
         capture.reset()
         single = len(jobs) == 1
 
@@ -466,8 +494,15 @@ class LocalDiffusersEngine:
                 preview = None
                 if previews and cadence.wants(step, all_steps):
                     x0 = capture.x0 if capture.x0 is not None else tensors["latents"]
-                    preview = latent_preview(x0[rows[j] : rows[j] + 1], factors)
+                    row = x0[rows[j] : rows[j] + 1]
+                    preview = (
+                        taesd_preview(row, decoder) if decoder is not None else latent_preview(row, factors)
+                    )
                 job.report(ProgressUpdate(step=step, total=all_steps, preview=preview))
+            if stop < 1.0 and index + 1 >= stop_step(pipe.num_timesteps, stop):
+                if capture.x0 is not None:
+                    tensors = {**tensors, "latents": capture.x0.to(tensors["latents"].dtype)}
+                pipe._interrupt = True  # the loop skips the remaining steps, then decodes the latents
             return tensors
 
         return on_step_end
@@ -491,7 +526,7 @@ class LocalDiffusersEngine:
             "num_inference_steps": effective_steps(first),
             "guidance_scale": first.guidance,
             "generator": generators,
-            "callback_on_step_end": self._step_callback(loaded, jobs, rows),
+            "callback_on_step_end": self._step_callback(loaded, jobs, rows, stop=first.stop),
             "output_type": "pil",
         }
         if first.operation == Operation.TXT2IMG:
@@ -592,6 +627,11 @@ class LocalDiffusersEngine:
             pipe.unet.to(memory_format=torch.channels_last)
         if self.compile_unet:
             pipe.unet = torch.compile(pipe.unet, mode="max-autotune", fullgraph=False)
+        if self._preview_source is not None and self._preview_decoder is None:
+            self._preview_decoder = load_preview_decoder(
+                self._preview_source, pipe.vae.device, pipe.vae.dtype
+            )
+            log.info("engine previews decoded by %s", self._preview_source)
         img2img = img2img_pipeline(pipe)
         try:
             inpaint = AutoPipelineForInpainting.from_pipe(pipe)
@@ -691,6 +731,8 @@ def _validate(request: GenerationRequest) -> None:
             raise EngineError("strength must be in (0, 1]")
         if int(request.steps * request.strength) < 1:
             raise EngineError(f"strength {request.strength} leaves no denoising steps out of {request.steps}")
+    if not 0.1 <= request.stop <= 1.0:
+        raise EngineError("stop must be between 0.1 and 1.0")
     width, height = final_size(request)
     if max(width, height) > MAX_SIDE:
         raise EngineError(f"the result would be {width}x{height}; the largest side allowed is {MAX_SIDE}")

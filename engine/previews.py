@@ -6,6 +6,13 @@ Never decode the VAE per step (it costs more than a denoising step). Instead mul
 
 Measured cost on 2 CPU cores, 512x512 image (a 4x64x64 latent), upscale x8 nearest, JPEG quality 70:
 ~1.4 ms per preview (~18 KB): latent→RGB matmul ~0.2 ms, x8 upscale + 512x512 JPEG encode ~1.1 ms.
+
+Optional TAESD previews (``ENGINE_PREVIEW_DECODER`` = a path or hub id of a diffusers ``AutoencoderTiny``,
+e.g. ``madebyollin/taesd`` for SD1/2, ``madebyollin/taesdxl`` for SDXL — it must match the model family):
+``taesd_preview`` decodes the first row with the tiny autoencoder instead of the matrix, so previews look
+like real images. It is a GPU option: on CPU a TAESD decode costs ~1.2 s at 512² (ENGINES.md) — more
+than a denoising step of a small model — while on a GPU it is a few milliseconds. The default,
+``latent-rgb``, is the matrix above.
 """
 
 from __future__ import annotations
@@ -72,6 +79,40 @@ def encode_preview(rgb: np.ndarray, *, upscale: int = UPSCALE, quality: int = JP
 def latent_preview(latents: torch.Tensor, factors: torch.Tensor, *, upscale: int = UPSCALE) -> bytes:
     """The JPEG preview of the first image of ``latents``."""
     return encode_preview(latents_to_rgb(latents, factors), upscale=upscale)
+
+
+LATENT_RGB = "latent-rgb"
+"""The ``ENGINE_PREVIEW_DECODER`` value of the default matrix previews."""
+
+
+def load_preview_decoder(
+    source: Any, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> Any:
+    """An ``AutoencoderTiny`` for previews: ``source`` is one (moved to ``device``/``dtype``), or a folder /
+    hub id loaded with ``from_pretrained`` (offline: the hub id must be in the local cache)."""
+    from diffusers import AutoencoderTiny
+
+    decoder = source if isinstance(source, AutoencoderTiny) else AutoencoderTiny.from_pretrained(str(source))
+    decoder = decoder.to(device=device, dtype=dtype) if dtype is not None else decoder.to(device=device)
+    decoder.requires_grad_(False)
+    return decoder.eval()
+
+
+def taesd_to_rgb(latents: torch.Tensor, decoder: Any) -> np.ndarray:
+    """First image of ``latents`` (UNet scale) decoded by a tiny autoencoder, as an ``[8H,8W,3]`` uint8 array."""
+    first = latents[:1] if latents.ndim == 4 else latents[None]
+    parameter = next(decoder.parameters())
+    first = first.detach().to(device=parameter.device, dtype=parameter.dtype)
+    scaling = getattr(decoder.config, "scaling_factor", 1.0) or 1.0
+    with torch.no_grad():
+        pixels = decoder.decode(first / scaling).sample[0]  # [3, 8H, 8W] in [-1, 1]
+    pixels = ((pixels.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
+    return pixels.permute(1, 2, 0).cpu().numpy()
+
+
+def taesd_preview(latents: torch.Tensor, decoder: Any) -> bytes:
+    """The JPEG preview of the first image of ``latents`` decoded by a TAESD decoder (already full size)."""
+    return encode_preview(taesd_to_rgb(latents, decoder), upscale=1)
 
 
 @dataclass

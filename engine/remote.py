@@ -52,6 +52,8 @@ def request_to_json(request: GenerationRequest) -> dict[str, Any]:
         "strength": request.strength,
         "tile": request.tile,
     }
+    if request.stop < 1.0:  # only when used: older servers need not know the field
+        body["stop"] = request.stop
     if request.model is not None:
         body["model"] = request.model
     if request.init_image is not None:

@@ -40,6 +40,11 @@ class EngineSettings(BaseSettings):
         default=25.0, ge=0, le=5000, description="How long a job waits for compatible companions."
     )
     engine_preview_every: int = Field(default=1, ge=0, description="A preview every N steps; 0 = none.")
+    engine_preview_decoder: str = Field(
+        default="latent-rgb",
+        description="Previews: latent-rgb (a cheap matrix), or a path / hub id of a TAESD AutoencoderTiny "
+        "(real-looking previews; a GPU option, ~1.2 s per 512² preview on CPU).",
+    )
     engine_channels_last: bool = False
     engine_torch_compile: bool = False
     engine_model_cache_gb: float = Field(

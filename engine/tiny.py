@@ -145,6 +145,25 @@ def build_tiny_pipeline(folder: Path | None = None, *, seed: int = 0) -> StableD
     return pipe
 
 
+def build_tiny_taesd(*, seed: int = 0) -> Any:
+    """A tiny random-weight ``AutoencoderTiny`` (TAESD architecture, 8 channels, one block per level).
+
+    It decodes the tiny pipeline's 4-channel latents x8, like the real TAESD; built offline in milliseconds.
+    """
+    from diffusers import AutoencoderTiny
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        taesd: Any = AutoencoderTiny(
+            encoder_block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+            latent_channels=4,
+        )
+    return taesd.eval()
+
+
 def save_tiny_pipeline(folder: Path, *, seed: int = 0) -> Path:
     """Save a tiny pipeline as a diffusers folder (``model_index.json`` + components); returns ``folder``."""
     folder = Path(folder)

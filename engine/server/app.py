@@ -325,6 +325,9 @@ async def parse_generation_request(body: dict[str, Any], resolution: int, steps:
     strength = body.get("strength", 0.6)
     if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 < strength <= 1:
         raise RequestError("strength must be a number in (0, 1]")
+    stop = body.get("stop", 1.0)
+    if isinstance(stop, bool) or not isinstance(stop, int | float) or not 0.1 <= stop <= 1:
+        raise RequestError("stop must be a number from 0.1 to 1")
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or len(model) > 64):
         raise RequestError("model must be a model alias")
@@ -347,6 +350,7 @@ async def parse_generation_request(body: dict[str, Any], resolution: int, steps:
         strength=float(strength),
         model=model,
         tile=bool(body.get("tile", False)),
+        stop=float(stop),
     )
 
 
