@@ -92,7 +92,9 @@ def load_preview_decoder(
     hub id loaded with ``from_pretrained`` (offline: the hub id must be in the local cache)."""
     from diffusers import AutoencoderTiny
 
-    decoder = source if isinstance(source, AutoencoderTiny) else AutoencoderTiny.from_pretrained(str(source))
+    decoder: Any = (
+        source if isinstance(source, AutoencoderTiny) else AutoencoderTiny.from_pretrained(str(source))
+    )
     decoder = decoder.to(device=device, dtype=dtype) if dtype is not None else decoder.to(device=device)
     decoder.requires_grad_(False)
     return decoder.eval()
