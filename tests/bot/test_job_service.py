@@ -9,6 +9,7 @@ from storage.jobs import StoredImage
 from storage.models import Job, JobKind
 from storage.states import JobState
 from tests.bot.support import OutOfMemoryEngine, acknowledge, run_until_done, service
+from tests.unit.test_states import HAPPY_PATH
 
 
 async def test_imagine_runs_through_every_state(parts):
@@ -18,15 +19,7 @@ async def test_imagine_runs_through_every_state(parts):
     (done,) = await run_until_done(jobs, [job.id])
     assert done.state == JobState.SUCCEEDED and done.engine == "local"
     history = [t.to_state for t in await jobs.repo.transitions(job.id)]
-    assert history == [
-        JobState.DRAFT,
-        JobState.SUBMITTED,
-        JobState.QUEUED,
-        JobState.PROCESSING,
-        JobState.GENERATED,
-        JobState.STORING,
-        JobState.SUCCEEDED,
-    ]
+    assert history == HAPPY_PATH
     assert presenter.of(job.id, "queued") == [1]
     assert presenter.of(job.id, "progress") == [(1, 3), (2, 3), (3, 3)]
     assert presenter.of(job.id, "succeeded") == [[0, 1, 2, 3]]

@@ -42,62 +42,32 @@ def test_periods(tmp_path, period, now, start, end):
     assert (config.period_start(now), config.period_end(now)) == (start, end)
 
 
+NUMBERS = (
+    "priority",
+    "fast_seconds",
+    "daily_jobs",
+    "max_concurrent",
+    "max_queued",
+    "max_resolution",
+    "max_steps",
+)
+
+
+def tier_table(value: object = 1, **overrides: object) -> str:
+    """A [tiers.free] table with every number set to ``value`` (and ``overrides`` as raw TOML values)."""
+    lines = [f"{key} = {overrides.get(key, value)}" for key in NUMBERS]
+    return "[tiers.free]\n" + "\n".join(lines) + "\nrelax = false"
+
+
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
         ("not toml [", "not valid TOML"),
         ("default = 'x'", "at least one"),
-        (
-            "default = 'gold'\n[tiers.free]\n"
-            + "\n".join(
-                f"{k} = 1"
-                for k in (
-                    "priority",
-                    "fast_seconds",
-                    "daily_jobs",
-                    "max_concurrent",
-                    "max_queued",
-                    "max_resolution",
-                    "max_steps",
-                )
-            )
-            + "\nrelax = false",
-            "default tier 'gold'",
-        ),
+        ("default = 'gold'\n" + tier_table(), "default tier 'gold'"),
         ("[tiers.free]\npriority = 1", "missing fast_seconds"),
-        (
-            "[tiers.free]\n"
-            + "\n".join(
-                f"{k} = 1"
-                for k in (
-                    "priority",
-                    "fast_seconds",
-                    "daily_jobs",
-                    "max_concurrent",
-                    "max_queued",
-                    "max_resolution",
-                )
-            )
-            + "\nmax_steps = 'many'\nrelax = false",
-            "max_steps must be a int",
-        ),
-        (
-            "[tiers.free]\n"
-            + "\n".join(
-                f"{k} = -1"
-                for k in (
-                    "priority",
-                    "fast_seconds",
-                    "daily_jobs",
-                    "max_concurrent",
-                    "max_queued",
-                    "max_resolution",
-                    "max_steps",
-                )
-            )
-            + "\nrelax = false",
-            "must not be negative",
-        ),
+        (tier_table(max_steps="'many'"), "max_steps must be a int"),
+        (tier_table(-1), "must not be negative"),
     ],
 )
 def test_bad_tier_files_name_the_problem(tmp_path, content, fragment):
