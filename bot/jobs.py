@@ -182,8 +182,7 @@ class JobService:
         params: dict[str, object] = {
             "display": parsed.render(base_steps=self.defaults.steps),
             "aspect": list(parsed.aspect),
-            "engine_prompt": parsed.engine_prompt,
-            "engine_negative": parsed.engine_negative,
+            **_prompt_params(parsed),
             "guidance": guidance_for_stylize(parsed.stylize),
             "tile": parsed.tile,
             "model": parsed.model,
@@ -272,10 +271,11 @@ class JobService:
         job.params = {
             **job.params,
             "display": parsed.render(base_steps=self.defaults.steps),
-            "engine_prompt": parsed.engine_prompt,
-            "engine_negative": parsed.engine_negative,
+            **_prompt_params(parsed),
             "remixed": True,
         }
+        if not parsed.parts:  # the weights belong to the text it replaces
+            job.params.pop("prompt_parts", None)
         if parsed.stylize is not None:
             job.params["guidance"] = guidance_for_stylize(parsed.stylize)
         if parsed.tile:
@@ -404,9 +404,13 @@ class JobService:
         params = job.params
         operation = Operation(job.operation)
         init_image = await self._init_image(job) if operation.needs_image else None
+        parts = tuple((str(text), float(weight)) for text, weight in params.get("prompt_parts", ()))
         return GenerationRequest(
             prompt=params.get("engine_prompt", job.prompt),
-            negative_prompt=params.get("engine_negative", job.negative_prompt),
+            # with weights the engine reads the parts; the negative prompt is then --no alone
+            negative_prompt=job.negative_prompt
+            if parts
+            else params.get("engine_negative", job.negative_prompt),
             width=job.width,
             height=job.height,
             steps=job.steps,
@@ -419,6 +423,8 @@ class JobService:
             tile=params.get("tile", False),
             n=params.get("n", TILE_COUNT),
             stop=params.get("stop", 1.0),
+            chaos=params.get("chaos", 0),
+            prompt_parts=parts,
         )
 
     async def _init_image(self, job: Job) -> Image.Image:
@@ -565,3 +571,20 @@ class JobService:
             await getattr(self.presenter, event)(job, argument)
         except Exception:
             log.warning("job %s: could not show %s", job.id, event, exc_info=True)
+
+
+def _prompt_params(parsed: ParsedPrompt) -> dict[str, object]:
+    """The engine's reading of a prompt, kept in ``job.params`` so a retried job asks for the same.
+
+    ``engine_prompt``/``engine_negative`` are the plain reading (``::`` parts reduced); ``prompt_parts``
+    the weights for engines that use them (compel); ``chaos`` only when typed.
+    """
+    params: dict[str, object] = {
+        "engine_prompt": parsed.engine_prompt,
+        "engine_negative": parsed.engine_negative,
+    }
+    if parsed.parts:
+        params["prompt_parts"] = [[text, weight] for text, weight in parsed.parts]
+    if parsed.chaos is not None:
+        params["chaos"] = parsed.chaos
+    return params

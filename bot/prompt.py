@@ -13,7 +13,7 @@ The language::
 ``--seed N``                  0 .. 4294967295
 ``--no a, b``                 negative prompt
 ``--steps N``                 1 .. ``MAX_STEPS`` (exclusive with ``--quality``)
-``--chaos`` / ``--c``         0 .. 100: how different the four tiles are (``chaos_for_tiles``)
+``--chaos`` / ``--c``         0 .. 100: how different the four tiles are (``engine.chaos``)
 ``--stylize`` / ``--s``       0 .. 1000 (default 100): mapped to guidance (``guidance_for_stylize``)
 ``--quality`` / ``--q``       .25, .5, 1 or 2 (also 0.25, 1.0 ...): a steps multiplier (``steps_for_quality``)
 ``--stop``                    10 .. 100: finish at that percentage of the steps (``steps_until_stop``)
@@ -48,6 +48,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 from urllib.parse import urlsplit
+
+from engine.chaos import MAX_CHAOS
+from engine.weights import plain_prompts, to_compel
 
 MAX_RAW_CHARS = 20_000
 """Raw input above this is refused before cleaning (Discord itself caps an option at 6,000)."""
@@ -122,22 +125,16 @@ class ParsedPrompt:
 
     @property
     def engine_prompt(self) -> str:
-        """Plain text for engines without prompt weighting: the positively weighted parts, joined.
-
-        Parts with a negative weight belong in the negative prompt (see ``engine_negative``).
-        """
-        if not self.parts:
-            return self.text
-        return ", ".join(text for text, weight in self.parts if weight > 0)
+        """Plain text for engines without prompt weighting: the positively weighted parts, joined."""
+        return plain_prompts(self.text, self.negative, self.parts)[0]
 
     @property
     def engine_negative(self) -> str:
         """The negative prompt for engines without weighting: ``--no`` plus negatively weighted parts."""
-        extra = [text for text, weight in self.parts if weight < 0]
-        return ", ".join(t for t in [self.negative, *extra] if t)
+        return plain_prompts(self.text, self.negative, self.parts)[1]
 
     def compel_prompt(self) -> str:
-        """The positive prompt in compel's syntax (see ``to_compel``)."""
+        """The positive prompt in compel's syntax (``engine.weights.to_compel``)."""
         return to_compel(self.weighted_parts)
 
     def render(self, *, base_steps: int | None = None) -> str:
@@ -359,75 +356,6 @@ def strength_for_image_weight(image_weight: float | None) -> float:
     return round(0.6 - 0.2 * (w - 1), 4)
 
 
-@dataclass(frozen=True)
-class TileChaos:
-    """How one tile of a grid departs from the plain prompt.
-
-    ``guidance``: the tile's guidance scale. ``embedding_noise``: the standard deviation, relative to
-    the prompt embedding's own standard deviation, of Gaussian noise the engine adds to the tile's
-    prompt embedding (drawn from a generator seeded with the tile's seed, so results stay reproducible).
-    """
-
-    guidance: float
-    embedding_noise: float
-
-
-MAX_CHAOS_GUIDANCE_SPREAD = 3.0
-"""At --chaos 100 the four tiles' guidance spans base ± 3.0 (never below 1.5)."""
-MAX_CHAOS_EMBEDDING_NOISE = 0.3
-"""At --chaos 100 each tile but the first gets prompt-embedding noise of 0.3 σ."""
-
-
-def chaos_for_tiles(chaos: int | None, guidance: float, tiles: int = 4) -> tuple[TileChaos, ...]:
-    """``--chaos`` 0..100 → per-tile settings that make the tiles differ more as chaos grows.
-
-    Tiles always differ by seed; chaos adds two spreads, both linear in chaos/100 and deterministic:
-    guidance offsets evenly spaced in ``[-3, +3] × c`` (e.g. for 4 tiles at chaos 100 and base 7:
-    4.0, 6.0, 8.0, 10.0), and prompt-embedding noise ``0.3 × c`` on every tile except tile 0, which
-    stays the faithful reading of the prompt. Chaos 0 (the default) gives ``tiles`` identical settings.
-    """
-    c = (DEFAULT_CHAOS if chaos is None else min(max(chaos, 0), 100)) / 100
-    out = []
-    for i in range(tiles):
-        offset = 0.0 if tiles == 1 else (2 * i / (tiles - 1) - 1) * MAX_CHAOS_GUIDANCE_SPREAD * c
-        noise = 0.0 if i == 0 else MAX_CHAOS_EMBEDDING_NOISE * c
-        out.append(TileChaos(guidance=round(max(1.5, guidance + offset), 3), embedding_noise=round(noise, 4)))
-    return tuple(out)
-
-
-# ---------------------------------------------------------------------------------------------------
-# :: weights → compel
-
-
-def to_compel(parts: tuple[tuple[str, float], ...] | list[tuple[str, float]]) -> str:
-    """Turn ``::`` parts into a compel prompt string.
-
-    One part with weight 1 is the text itself (escaped); several parts become compel's blend,
-    ``("a", "b").blend(2, -0.5)``: compel encodes each quoted prompt separately and takes the weighted
-    sum of the embeddings, normalising the weights by their sum (ours is > 0, so negative weights push
-    away from a concept, like Midjourney's). The engine consumes it with::
-
-        compel = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
-        prompt_embeds = compel(parsed.compel_prompt())
-        pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=compel(negative), ...)
-
-    (compel's ``pad_conditioning_tensors_to_same_length`` when the lengths differ). Text is escaped so
-    that a user's ``"``, ``(``, ``)`` or a trailing ``+``/``-`` can't become compel syntax: quotes and
-    parentheses are backslash-escaped, and ``+``/``-`` at the end of a word are separated by a space.
-    """
-    items = [(_compel_escape(text), float(weight)) for text, weight in parts]
-    if len(items) == 1 and items[0][1] == 1.0:
-        return items[0][0]
-    quoted = ", ".join(f'"{text}"' for text, _ in items)
-    weights = ", ".join(_format_number(weight) for _, weight in items)
-    return f"({quoted}).blend({weights})"
-
-
-def _compel_escape(text: str) -> str:
-    text = text.replace("\\", " ").replace('"', '\\"').replace("(", "\\(").replace(")", "\\)")
-    return re.sub(r"(?<=\S)([+-]+)(?=\s|$)", r" \1", text)
-
-
 # ---------------------------------------------------------------------------------------------------
 # {a, b} permutations
 
@@ -600,7 +528,7 @@ def _parse_steps(value: str) -> int:
 
 
 def _parse_chaos(value: str) -> int:
-    return _whole_number("chaos", value, 0, 100)
+    return _whole_number("chaos", value, 0, MAX_CHAOS)
 
 
 def _parse_stylize(value: str) -> int:

@@ -85,6 +85,10 @@ class GenerationRequest:
 
     Tile ``i`` of the result uses seed ``tile_seeds(seed, n)[i]`` (see ``engine.seeds``), so one tile
     can be reproduced on its own.
+
+    With ``prompt_parts``, ``prompt`` is the plain reading (the positive parts) and ``negative_prompt``
+    holds only ``--no``: an engine that weights prompts encodes the parts, one that cannot uses
+    ``engine.weights.plain_prompts``.
     """
 
     prompt: str
@@ -101,6 +105,10 @@ class GenerationRequest:
     model: str | None = None  # a model alias of the engine's registry; None = the engine's default
     tile: bool = False  # seamless texture: circular padding on every conv layer
     stop: float = 1.0  # --stop: fraction (0.1-1.0) of the denoising steps to run, then decode the x0 estimate
+    chaos: int = 0  # --chaos 0-100: how much the tiles differ (engine.chaos)
+    prompt_parts: tuple[
+        tuple[str, float], ...
+    ] = ()  # `::` weights; () = ``prompt`` unweighted (engine.weights)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from engine.base import (
     ProgressCallback,
     ProgressUpdate,
 )
+from engine.conditioning import Row, conditioning_arguments, prompt_encoder, rows_for
 from engine.geometry import (
     blend_weights,
     outpaint_canvas,
@@ -126,7 +127,11 @@ def final_size(request: GenerationRequest) -> tuple[int, int]:
 
 
 def batch_key(request: GenerationRequest, model: str) -> tuple[Any, ...] | None:
-    """Requests with equal keys can share one denoising call; None = always alone."""
+    """Requests with equal keys can share one denoising call; None = always alone.
+
+    Guidance is not in the key (each row gets its own scale, ``engine.conditioning.RowGuidance``), only
+    whether classifier-free guidance is on; prompts, weights, chaos and seeds are per row too.
+    """
     if request.operation not in (Operation.TXT2IMG, *_IMG2IMG_OPERATIONS):
         return None
     return (
@@ -134,7 +139,6 @@ def batch_key(request: GenerationRequest, model: str) -> tuple[Any, ...] | None:
         request.width,
         request.height,
         effective_steps(request),
-        request.guidance,
         request.guidance > 1.0,  # CFG on/off
         request.operation,
         strength_of(request),
@@ -154,6 +158,7 @@ class _Loaded:
     capture: X0Capture
     factors: torch.Tensor
     native_inpaint: bool
+    encoder: Any = None  # compel's prompt encoder (engine.conditioning.prompt_encoder)
 
     def size_bytes(self) -> int:
         total = 0
@@ -509,22 +514,18 @@ class LocalDiffusersEngine:
 
     def _txt2img_or_img2img(self, loaded: _Loaded, jobs: list[_Job]) -> list[list[Image.Image]]:
         first = jobs[0].request
-        prompts: list[str] = []
-        negatives: list[str] = []
+        conditioning: list[Row] = []
         generators: list[torch.Generator] = []
         rows: list[int] = []
         for job in jobs:
             r = job.request
-            rows.append(len(prompts))
-            prompts += [r.prompt] * r.n
-            negatives += [r.negative_prompt] * r.n
+            rows.append(len(conditioning))
+            conditioning += rows_for(r)
             generators += [torch.Generator("cpu").manual_seed(s) for s in tile_seeds(r.seed, r.n)]
         arguments: dict[str, Any] = {
-            "prompt": prompts,
-            "negative_prompt": negatives,
+            **conditioning_arguments(loaded.encoder, conditioning),
             "num_images_per_prompt": 1,
             "num_inference_steps": effective_steps(first),
-            "guidance_scale": first.guidance,
             "generator": generators,
             "callback_on_step_end": self._step_callback(loaded, jobs, rows, stop=first.stop),
             "output_type": "pil",
@@ -566,6 +567,7 @@ class LocalDiffusersEngine:
         per_tile = int(steps * strength_of(request))
         total = per_tile * len(boxes)
         accumulated = np.zeros((request.n, height, width, 3), dtype=np.float32)
+        conditioning = conditioning_arguments(loaded.encoder, rows_for(request))
         weights = np.zeros((height, width, 1), dtype=np.float32)
         for index, box in enumerate(boxes):
             crop = big.crop(box)
@@ -573,10 +575,8 @@ class LocalDiffusersEngine:
             output = loaded.img2img(
                 image=self._encode(loaded, crop, crop.width, crop.height).repeat(request.n, 1, 1, 1),
                 strength=strength_of(request),
-                prompt=[request.prompt] * request.n,
-                negative_prompt=[request.negative_prompt] * request.n,
+                **conditioning,
                 num_inference_steps=steps,
-                guidance_scale=request.guidance,
                 generator=generators,
                 callback_on_step_end=self._step_callback(
                     loaded, [job], [0], step_offset=index * per_tile, total=total, previews=index == 0
@@ -597,15 +597,13 @@ class LocalDiffusersEngine:
         layout = outpaint_layout(original.width, original.height, request.operation)
         generators = [torch.Generator("cpu").manual_seed(s) for s in tile_seeds(request.seed, request.n)]
         output = loaded.inpaint(
-            prompt=[request.prompt] * request.n,
-            negative_prompt=[request.negative_prompt] * request.n,
+            **conditioning_arguments(loaded.encoder, rows_for(request)),
             image=outpaint_canvas(original, layout),
             mask_image=outpaint_mask(layout),
             width=layout.width,
             height=layout.height,
             strength=1.0,
             num_inference_steps=request.steps,
-            guidance_scale=request.guidance,
             generator=generators,
             callback_on_step_end=self._step_callback(loaded, [job], [0]),
             output_type="pil",
@@ -662,6 +660,7 @@ class LocalDiffusersEngine:
             capture=X0Capture(pipe.scheduler),  # the img2img and inpaint pipelines share this scheduler
             factors=latent_rgb_factors(model_family(pipe)),
             native_inpaint=native,
+            encoder=prompt_encoder(pipe),
         )
 
     @staticmethod

@@ -54,6 +54,10 @@ def request_to_json(request: GenerationRequest) -> dict[str, Any]:
     }
     if request.stop < 1.0:  # only when used: older servers need not know the field
         body["stop"] = request.stop
+    if request.chaos:
+        body["chaos"] = request.chaos
+    if request.prompt_parts:
+        body["prompt_parts"] = [[text, weight] for text, weight in request.prompt_parts]
     if request.model is not None:
         body["model"] = request.model
     if request.init_image is not None:

@@ -32,6 +32,7 @@ from aiohttp import web
 from PIL import Image
 
 from engine.base import MAX_SEED, Engine, GenerationRequest, Operation
+from engine.chaos import MAX_CHAOS
 from engine.server.jobs import JobManager, ServerJob
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ MAX_PROMPT_CHARS = 8000
 MAX_SIDE = 2048
 MAX_STEPS = 150
 MAX_N = 16
+MAX_PROMPT_PARTS = 16
 MAX_INIT_PIXELS = 4096 * 4096
 
 
@@ -308,7 +310,7 @@ async def parse_generation_request(body: dict[str, Any], resolution: int, steps:
         raise RequestError(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
     negative = body.get("negative_prompt") or ""
     if not isinstance(negative, str) or len(negative) > MAX_PROMPT_CHARS:
-        raise RequestError("negative_prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
+        raise RequestError(f"negative_prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
     try:
         operation = Operation(body.get("operation") or "txt2img")
     except ValueError:
@@ -351,7 +353,34 @@ async def parse_generation_request(body: dict[str, Any], resolution: int, steps:
         model=model,
         tile=bool(body.get("tile", False)),
         stop=float(stop),
+        chaos=_int(body, "chaos", 0, 0, MAX_CHAOS),
+        prompt_parts=_prompt_parts(body.get("prompt_parts")),
     )
+
+
+def _prompt_parts(value: Any) -> tuple[tuple[str, float], ...]:
+    """``[[text, weight], ...]``: at most ``MAX_PROMPT_PARTS``, weights in ±100 summing to more than 0."""
+    if value is None or value == []:
+        return ()
+    problem = RequestError(
+        f"prompt_parts must be a list of at most {MAX_PROMPT_PARTS} [text, weight] pairs, "
+        "weights from -100 to 100 with a positive total"
+    )
+    if not isinstance(value, list) or len(value) > MAX_PROMPT_PARTS:
+        raise problem
+    parts = []
+    for item in value:
+        if not (isinstance(item, list | tuple) and len(item) == 2):
+            raise problem
+        text, weight = item
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_PROMPT_CHARS:
+            raise problem
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not -100 <= weight <= 100:
+            raise problem
+        parts.append((text, float(weight)))
+    if sum(weight for _, weight in parts) <= 0:
+        raise problem
+    return tuple(parts)
 
 
 def _int(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:

@@ -36,13 +36,18 @@ def png_bytes(size=(48, 32), colour=(200, 40, 40)) -> bytes:
 
 async def test_parameters_reach_the_job_and_the_message(emu, tiny_model_dir, tmp_path):
     async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu) as runner:
-        grid = await imagine_and_wait(emu, "castle::2 fog::-0.5 --s 1000 --q .5 --tile --no rain --seed 7")
+        grid = await imagine_and_wait(
+            emu, "castle::2 fog::-0.5 --s 1000 --q .5 --tile --no rain --seed 7 --chaos 30"
+        )
         (job,) = await jobs_of(runner.bot)
         assert job.steps == 2  # --q .5 of MODEL_STEPS=4
         assert job.params["guidance"] == pytest.approx(3.0)  # --s 1000
         assert job.params["tile"] is True
         assert job.params["engine_prompt"] == "castle" and "fog" in job.params["engine_negative"]
         assert "rain" in job.params["engine_negative"]
+        request = await runner.bot.jobs._request_for(job)  # what the engine was asked for
+        assert request.prompt_parts == (("castle", 2.0), ("fog", -0.5)) and request.negative_prompt == "rain"
+        assert request.chaos == 30 and "--chaos 30" in grid.content
         assert "--steps 2" in grid.content or "--q" in grid.content  # the prompt as interpreted
     emu.assert_clean()
 

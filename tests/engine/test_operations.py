@@ -227,7 +227,10 @@ def test_batch_keys():
         request(prompt="other", seed=1, n=4, negative_prompt="x"), "m"
     )
     assert batch_key(request(), "m") != batch_key(request(steps=4), "m")
-    assert batch_key(request(), "m") != batch_key(request(guidance=1.0), "m")
+    assert batch_key(request(), "m") != batch_key(request(guidance=1.0), "m")  # CFG off
+    assert batch_key(request(), "m") == batch_key(  # each row gets its own guidance, weights and chaos
+        request(guidance=4.0, chaos=50, prompt_parts=(("a", 2.0), ("b", -1.0))), "m"
+    )
     assert batch_key(request(), "m") != batch_key(request(), "other")
     assert batch_key(request(operation=Operation.PAN_LEFT, init_image=source()), "m") is None
 
@@ -237,7 +240,8 @@ async def test_batched_results_equal_unbatched(tiny_engine, batching_engine):
     requests = [
         request(prompt="a fox", seed=1, n=2),
         request(prompt="a cat", seed=2, n=1, negative_prompt="blurry"),
-        request(prompt="a dog", seed=3, n=1),
+        request(prompt="a dog", seed=3, n=1, guidance=4.0),
+        request(prompt="a bird", seed=6, n=2, chaos=80, prompt_parts=(("a bird", 2.0), ("rain", -0.5))),
     ]
     vary = [
         request(operation=Operation.VARY_SUBTLE, init_image=init, seed=s, n=1, prompt=p)
@@ -255,7 +259,7 @@ async def test_batched_results_equal_unbatched(tiny_engine, batching_engine):
     assert batching_engine.stats.batches - batches_before == 2  # one txt2img batch, one vary batch
     for a, b in zip(alone, together, strict=True):
         assert len(a) == len(b) and all(close(x, y) for x, y in zip(a, b, strict=True))
-    assert progress[:3] == [[1, 2, 3]] * 3
+    assert progress[:4] == [[1, 2, 3]] * 4
 
 
 async def test_cancelling_one_job_of_a_batch_keeps_the_others(batching_engine):
@@ -280,8 +284,9 @@ async def test_out_of_memory_splits_the_batch(batching_engine, monkeypatch):
     sizes = []
 
     def limited(**kwargs):
-        sizes.append(len(kwargs["prompt"]))
-        if len(kwargs["prompt"]) > 2:
+        rows = len(kwargs["generator"])
+        sizes.append(rows)
+        if rows > 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
         return real(**kwargs)
 

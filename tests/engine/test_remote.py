@@ -50,6 +50,8 @@ async def test_remote_engine_generates_the_same_images(tiny_model_dir, tiny_engi
         images = await remote.generate(request(), updates.append)
         assert same(images, await tiny_engine.generate(request()))
         assert [u.step for u in updates] == [1, 2, 3] and updates[0].preview is not None
+        styled = request(chaos=60, guidance=5.0, prompt_parts=(("a red fox", 2.0), ("snow", -0.5)))
+        assert same(await remote.generate(styled), await tiny_engine.generate(styled))
         init = images[0]
         pan = await remote.generate(request(operation=Operation.PAN_RIGHT, init_image=init, n=1))
         assert pan[0].size == (96, 64)

@@ -141,6 +141,15 @@ async def test_auth_errors_and_limits(client):
         body(init_image="not base64!"),
         body(seed=-1),
         body(init_image=base64.b64encode(b"not an image").decode()),
+        body(chaos=101),
+        body(chaos="lots"),
+        body(prompt_parts="a::2"),
+        body(prompt_parts=[["a", 1.0], ["b", -2.0]]),  # the total must be positive
+        body(prompt_parts=[["", 1.0]]),
+        body(prompt_parts=[["a", 1.0, 3]]),
+        body(prompt_parts=[["a", float("inf")]]),
+        body(prompt_parts=[["a", True]]),
+        body(prompt_parts=[["a", 1.0]] * 17),
     ):
         response = await client.post("/images/jobs", json=bad, headers=AUTH)
         assert response.status == 400, bad

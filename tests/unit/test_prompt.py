@@ -77,17 +77,16 @@ def test_bad_prompts_get_a_specific_message(prompt, fragment):
 from bot.prompt import (  # noqa: E402
     DEFAULT_MAX_REPEAT,
     PromptDefaults,
-    TileChaos,
     append_suffix,
-    chaos_for_tiles,
     expand_permutations,
     guidance_for_stylize,
     steps_for_quality,
     steps_until_stop,
     stop_fraction,
     strength_for_image_weight,
-    to_compel,
 )
+from engine.chaos import TileChaos, chaos_for_tiles  # noqa: E402
+from engine.weights import plain_prompts, to_compel  # noqa: E402
 
 
 def test_parses_every_parameter():
@@ -202,6 +201,15 @@ def test_compel_syntax():
         to_compel([('say "hi" (loud)', 1.0), ("x+", 1.0)]) == '("say \\"hi\\" \\(loud\\)", "x +").blend(1, 1)'
     )
     assert parse_prompt("a::3 b").compel_prompt() == '("a", "b").blend(3, 1)'
+    assert to_compel([("a", 0.000001), ("b", 1.0)]) == '("a", "b").blend(0.000001, 1)'  # no exponents
+
+
+def test_plain_fallback_moves_negative_weights_to_the_negative_prompt():
+    assert plain_prompts("x", "blur", ()) == ("x", "blur")
+    assert plain_prompts("ignored", "blur", [("fox", 2.0), ("snow", -0.5), ("sky", 1.0)]) == (
+        "fox, sky",
+        "blur, snow",
+    )
 
 
 def test_stylize_to_guidance():
@@ -237,6 +245,10 @@ def test_chaos_spreads_the_tiles():
     half = chaos_for_tiles(50, 7.0)
     assert [t.guidance for t in half] == [5.5, 6.5, 7.5, 8.5] and half[1].embedding_noise == 0.15
     assert min(t.guidance for t in chaos_for_tiles(100, 2.0)) == 1.5
+    assert min(t.guidance for t in chaos_for_tiles(100, 1.2)) == 1.2  # the floor never raises a low base
+    off = chaos_for_tiles(100, 1.0)  # guidance off stays off: only the embedding noise spreads
+    assert [t.guidance for t in off] == [1.0] * 4 and off[3].embedding_noise == 0.3
+    assert chaos_for_tiles(100, 7.0, tiles=1) == (TileChaos(7.0, 0.0),)
 
 
 def test_repeat_limit_is_passed_in():

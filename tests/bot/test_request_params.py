@@ -1,0 +1,64 @@
+"""Prompt knobs (``--stop``, ``--chaos``, ``::`` weights) travel from the prompt through the job's params
+to the engine request, and stay right for old jobs, retries and remixes."""
+
+from __future__ import annotations
+
+from bot.prompt import parse_prompt
+from storage.models import JobKind
+from storage.states import JobState
+from tests.bot.support import acknowledge, run_until_done, service
+
+
+async def test_stop_reaches_the_engine(parts):
+    jobs, presenter = service(parts)
+    job = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox --seed 9 --stop 50"))
+    assert job.params["stop"] == 0.5
+    assert (await jobs._request_for(job)).stop == 0.5
+    (done,) = await run_until_done(jobs, [job.id])
+    assert done.state == JobState.SUCCEEDED
+    assert presenter.of(job.id, "progress") == [(1, 3), (2, 3)]  # 3 steps, stopped after ceil(1.5)
+
+
+async def test_no_stop_is_a_full_run(parts):
+    jobs, _ = service(parts)
+    job = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox --seed 9"))
+    assert job.params["stop"] == 1.0
+    request = await jobs._request_for(job)
+    assert request.stop == 1.0
+    job.params = {k: v for k, v in job.params.items() if k != "stop"}  # a job saved before --stop existed
+    assert (await jobs._request_for(job)).stop == 1.0
+
+
+async def test_weights_and_chaos_reach_the_engine(parts):
+    jobs, _ = service(parts)
+    job = await jobs.submit_imagine(10, acknowledge, parse_prompt("castle::2 fog::-0.5 --chaos 40 --no rain"))
+    assert job.params["chaos"] == 40 and job.params["prompt_parts"] == [["castle", 2.0], ["fog", -0.5]]
+    request = await jobs._request_for(job)
+    assert request.chaos == 40 and request.prompt_parts == (("castle", 2.0), ("fog", -0.5))
+    assert request.prompt == "castle" and request.negative_prompt == "rain"  # fog is a weight, not a --no
+
+    plain = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox --no rain"))
+    assert "chaos" not in plain.params and "prompt_parts" not in plain.params
+    request = await jobs._request_for(plain)
+    assert (request.chaos, request.prompt_parts, request.negative_prompt) == (0, (), "rain")
+
+
+async def test_a_job_saved_before_weights_keeps_its_plain_reading(parts):
+    jobs, _ = service(parts)
+    job = await jobs.submit_imagine(10, acknowledge, parse_prompt("castle::2 fog::-0.5 --no rain"))
+    job.params = {k: v for k, v in job.params.items() if k != "prompt_parts"}
+    request = await jobs._request_for(job)
+    assert (request.prompt, request.negative_prompt, request.prompt_parts) == ("castle", "rain, fog", ())
+
+
+async def test_remix_replaces_the_weights_with_the_new_texts(parts):
+    jobs, _ = service(parts)
+    parent = await jobs.submit_imagine(10, acknowledge, parse_prompt("castle::2 fog::-0.5 --chaos 40"))
+    (parent,) = await run_until_done(jobs, [parent.id])
+    child = await jobs.submit_child(
+        parent, JobKind.REROLL, None, 10, acknowledge, remix=parse_prompt("a lighthouse --chaos 90")
+    )
+    request = await jobs._request_for(child)
+    assert (request.prompt, request.prompt_parts, request.chaos) == ("a lighthouse", (), 90)
+    kept = await jobs.submit_child(parent, JobKind.REROLL, None, 10, acknowledge)
+    assert (await jobs._request_for(kept)).prompt_parts == (("castle", 2.0), ("fog", -0.5))

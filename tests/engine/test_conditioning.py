@@ -1,0 +1,114 @@
+"""Per-row prompt conditioning: compel weights, --chaos per tile, and per-row guidance on a real pipeline."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from engine.base import GenerationRequest
+from engine.conditioning import RowGuidance, conditioning_arguments, guidance_scale, prompt_encoder, rows_for
+from engine.seeds import tile_seeds
+
+
+def request(**overrides) -> GenerationRequest:
+    values = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 3, "seed": 42, "n": 4}
+    return GenerationRequest(**{**values, **overrides})
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_engine):
+    return tiny_engine._pipelines(None)
+
+
+def test_row_guidance_is_its_largest_value_to_the_pipeline_and_per_row_on_tensors():
+    scale = RowGuidance([4.0, 10.0])
+    assert float(scale) == 10.0 and scale > 1 and scale - 1 == 9.0
+    product = scale * torch.ones(2, 3, 2, 2)
+    assert product[0].unique().tolist() == [4.0] and product[1].unique().tolist() == [10.0]
+    assert torch.equal(torch.ones(2, 1) * scale, torch.tensor([[4.0], [10.0]]))
+    assert scale * 2 == 20.0
+    with pytest.raises(RuntimeError, match="2 rows"):
+        scale * torch.ones(3, 4)
+    assert pickle.loads(pickle.dumps(scale)).values == (4.0, 10.0)
+
+
+def test_rows_carry_each_tiles_seed_guidance_and_noise():
+    rows = rows_for(request(chaos=100, guidance=7.0))
+    assert [r.seed for r in rows] == tile_seeds(42, 4)
+    assert [r.guidance for r in rows] == [4.0, 6.0, 8.0, 10.0]
+    assert [r.noise for r in rows] == [0.0, 0.3, 0.3, 0.3]
+    assert isinstance(guidance_scale(rows), RowGuidance)
+    assert guidance_scale(rows_for(request())) == 7.0 and type(guidance_scale(rows_for(request()))) is float
+    weighted = rows_for(
+        request(prompt="fox", negative_prompt="blur", prompt_parts=(("fox", 2.0), ("snow", -0.5)))
+    )
+    assert weighted[0].prompt == '("fox", "snow").blend(2, -0.5)' and weighted[0].negative == "blur"
+    assert (weighted[0].plain_prompt, weighted[0].plain_negative) == ("fox", "blur, snow")
+
+
+def test_compel_reads_a_plain_prompt_as_the_pipeline_does(pipe):
+    """Tile 0 of a chaos grid stays the faithful reading: compel's encoding equals the pipeline's own."""
+    encoder = prompt_encoder(pipe.txt2img)
+    assert encoder is not None
+    arguments = conditioning_arguments(encoder, rows_for(request(n=1, negative_prompt="blurry")))
+    own, own_negative = pipe.txt2img.encode_prompt("a red fox", "cpu", 1, True, "blurry")
+    assert torch.allclose(arguments["prompt_embeds"], own, atol=1e-5)
+    assert torch.allclose(arguments["negative_prompt_embeds"], own_negative, atol=1e-5)
+
+
+def test_weights_blend_the_parts_embeddings(pipe):
+    encoder = prompt_encoder(pipe.txt2img)
+
+    def embed(**overrides) -> torch.Tensor:
+        return conditioning_arguments(encoder, rows_for(request(n=1, **overrides)))["prompt_embeds"][0]
+
+    fox, snow = embed(prompt="fox"), embed(prompt="snow")
+    both = embed(prompt="fox", prompt_parts=(("fox", 1.0), ("snow", 1.0)))
+    assert torch.allclose(both, (fox + snow) / 2, atol=1e-5)
+    away = embed(prompt="fox", prompt_parts=(("fox", 2.0), ("snow", -0.5)))
+    assert torch.allclose(away, (2 * fox - 0.5 * snow) / 1.5, atol=1e-5)
+    assert not torch.allclose(away, fox, atol=1e-3)
+
+
+def test_chaos_noise_is_per_tile_seeded_and_scaled(pipe):
+    encoder = prompt_encoder(pipe.txt2img)
+    calm = conditioning_arguments(encoder, rows_for(request()))["prompt_embeds"]
+    wild = conditioning_arguments(encoder, rows_for(request(chaos=100)))["prompt_embeds"]
+    again = conditioning_arguments(encoder, rows_for(request(chaos=100)))["prompt_embeds"]
+    half = conditioning_arguments(encoder, rows_for(request(chaos=50)))["prompt_embeds"]
+    assert torch.equal(wild, again)
+    assert torch.equal(wild[0], calm[0])  # tile 0 is the faithful reading
+    for tile in (1, 2, 3):
+        ratio = (wild[tile] - calm[tile]).std() / calm[tile].std()
+        assert 0.25 < ratio < 0.35, ratio  # 0.3 σ at chaos 100
+        assert torch.allclose(half[tile] - calm[tile], (wild[tile] - calm[tile]) / 2, atol=1e-5)
+    assert not torch.equal(wild[1] - calm[1], wild[2] - calm[2])  # each tile its own noise
+
+
+async def test_chaos_changes_the_tiles_and_keeps_tile_zero_without_guidance(tiny_engine):
+    calm = await tiny_engine.generate(request(guidance=1.0))
+    wild = await tiny_engine.generate(request(guidance=1.0, chaos=100))
+    assert np.array_equal(pixels(calm[0]), pixels(wild[0]))  # no guidance to spread, no noise on tile 0
+    for tile in (1, 2, 3):  # the tiny random UNet barely listens to text: any change shows the noise arrived
+        assert not np.array_equal(pixels(calm[tile]), pixels(wild[tile]))
+    assert all(
+        np.array_equal(pixels(a), pixels(b))
+        for a, b in zip(wild, await tiny_engine.generate(request(guidance=1.0, chaos=100)), strict=True)
+    )
+    spread = await tiny_engine.generate(request(chaos=100))  # guidance on: tile 0 at 7 - 3 = 4, no noise
+    assert np.array_equal(pixels(spread[0]), pixels((await tiny_engine.generate(request(guidance=4.0)))[0]))
+
+
+async def test_weights_reach_the_images(tiny_engine):
+    plain = await tiny_engine.generate(request(prompt="fox, snow", n=1))
+    weighted = await tiny_engine.generate(
+        request(prompt="fox", prompt_parts=(("fox", 1.0), ("snow", -0.9)), n=1)
+    )
+    assert not np.array_equal(pixels(plain[0]), pixels(weighted[0]))
