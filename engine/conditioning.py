@@ -109,7 +109,7 @@ def guidance_scale(rows: Sequence[Row]) -> float:
     return rows[0].guidance if len(values) == 1 else RowGuidance([row.guidance for row in rows])
 
 
-def conditioning_arguments(encoder: Any, rows: Sequence[Row]) -> dict[str, Any]:
+def conditioning_arguments(encoder: PromptEncoder | None, rows: Sequence[Row]) -> dict[str, Any]:
     """Pipeline keyword arguments conditioning ``rows``: their embeddings and guidance.
 
     ``encoder``: ``prompt_encoder(pipe)``; None gives prompt strings (no weights, no chaos noise).
@@ -120,13 +120,21 @@ def conditioning_arguments(encoder: Any, rows: Sequence[Row]) -> dict[str, Any]:
         arguments["negative_prompt"] = [row.plain_negative for row in rows]
         return arguments
     with torch.no_grad():
-        conditioning = encoder([row.prompt for row in rows], negative_prompt=[row.negative for row in rows])
+        conditioning = encoder.compel(
+            [row.prompt for row in rows], negative_prompt=[row.negative for row in rows]
+        )
     embeds = _with_chaos_noise(conditioning.embeds, rows)
     arguments["prompt_embeds"] = embeds
     arguments["negative_prompt_embeds"] = conditioning.negative_embeds.to(embeds.dtype)
     if conditioning.pooled_embeds is not None:
         arguments["pooled_prompt_embeds"] = conditioning.pooled_embeds.to(embeds.dtype)
         arguments["negative_pooled_prompt_embeds"] = conditioning.negative_pooled_embeds.to(embeds.dtype)
+    if encoder.zero_empty_negative:
+        empty = torch.tensor([not row.negative for row in rows], device=embeds.device)
+        for name in ("negative_prompt_embeds", "negative_pooled_prompt_embeds"):
+            if name in arguments:
+                value = arguments[name]
+                arguments[name] = value * (~empty).view(-1, *([1] * (value.dim() - 1))).to(value.dtype)
     return arguments
 
 
@@ -156,8 +164,16 @@ def _block_noise(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
     return torch.cat(blocks)[:tokens]
 
 
-def prompt_encoder(pipe: Any) -> Any:
-    """compel's wrapper for ``pipe`` (SD 1.x/2.x or SDXL); None for other pipelines or without compel."""
+@dataclass(frozen=True)
+class PromptEncoder:
+    """compel's wrapper for one pipeline, and how that pipeline treats an empty negative prompt."""
+
+    compel: Any  # CompelForSD / CompelForSDXL
+    zero_empty_negative: bool  # SDXL's force_zeros_for_empty_prompt: "" is a zero embedding, not encoded
+
+
+def prompt_encoder(pipe: Any) -> PromptEncoder | None:
+    """The encoder for ``pipe`` (SD 1.x/2.x or SDXL); None for other pipelines or without compel."""
     if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
         return None
     try:
@@ -169,5 +185,6 @@ def prompt_encoder(pipe: Any) -> Any:
         return None
     device = str(pipe.text_encoder.device)
     if getattr(pipe, "text_encoder_2", None) is not None:
-        return CompelForSDXL(pipe, device=device)
-    return CompelForSD(pipe, device=device)
+        zeros = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
+        return PromptEncoder(CompelForSDXL(pipe, device=device), zero_empty_negative=zeros)
+    return PromptEncoder(CompelForSD(pipe, device=device), zero_empty_negative=False)

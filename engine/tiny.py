@@ -8,7 +8,8 @@ which the previews use), and no safety checker.
 
 ``save_tiny_single_file`` writes the same weights as one ``.safetensors`` file in the original
 LDM (CompVis / A1111) key layout, so ``from_single_file`` runs its real key conversion.
-Building takes ~0.1 s on 2 CPU cores.
+Building takes ~0.1 s on 2 CPU cores. ``build_tiny_sdxl_pipeline`` is the same idea for the SDXL
+architecture (two text encoders, pooled embeddings, size/crop conditioning).
 """
 
 from __future__ import annotations
@@ -77,6 +78,45 @@ def _tiny_tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(write_tiny_tokenizer(Path(tmp)))
 
 
+def _tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(VAE_CHANNELS),
+        up_block_types=("UpDecoderBlock2D",) * len(VAE_CHANNELS),
+        block_out_channels=VAE_CHANNELS,
+        layers_per_block=VAE_LAYERS_PER_BLOCK,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def _tiny_text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _tiny_scheduler() -> EulerDiscreteScheduler:
+    return EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
 def build_tiny_pipeline(folder: Path | None = None, *, seed: int = 0) -> StableDiffusionPipeline:
     """A complete SD1.x-architecture pipeline with random weights (deterministic for a given ``seed``).
 
@@ -99,38 +139,9 @@ def build_tiny_pipeline(folder: Path | None = None, *, seed: int = 0) -> StableD
             attention_head_dim=8,
             norm_num_groups=32,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * len(VAE_CHANNELS),
-            up_block_types=("UpDecoderBlock2D",) * len(VAE_CHANNELS),
-            block_out_channels=VAE_CHANNELS,
-            layers_per_block=VAE_LAYERS_PER_BLOCK,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=64,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=TEXT_HIDDEN,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+        vae = _tiny_vae()
+        text_encoder = CLIPTextModel(_tiny_text_config(tokenizer))
+    scheduler = _tiny_scheduler()
     pipe: Any = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder.eval(),
@@ -140,6 +151,53 @@ def build_tiny_pipeline(folder: Path | None = None, *, seed: int = 0) -> StableD
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_sdxl_pipeline(*, seed: int = 0) -> Any:
+    """A tiny random-weight SDXL-architecture pipeline: two CLIP text encoders (the second with a projection,
+    whose pooled output and the size/crop ids feed the UNet's ``text_time`` embedding), concatenated
+    penultimate hidden states as cross-attention context, and the tiny VAE. Deterministic for ``seed``.
+    """
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2 = _tiny_tokenizer(), _tiny_tokenizer()
+    time_embed = 8
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet: Any = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=UNET_CHANNELS,
+            layers_per_block=UNET_LAYERS_PER_BLOCK,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=2 * TEXT_HIDDEN,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_embed,
+            projection_class_embeddings_input_dim=6 * time_embed + TEXT_HIDDEN,
+            norm_num_groups=32,
+        )
+        vae = _tiny_vae()
+        config = _tiny_text_config(tokenizer)
+        text_encoder = CLIPTextModel(config)
+        text_encoder_2 = CLIPTextModelWithProjection(
+            CLIPTextConfig(**{**config.to_dict(), "projection_dim": TEXT_HIDDEN})
+        )
+    pipe: Any = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet.eval(),
+        scheduler=_tiny_scheduler(),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from engine.base import GenerationRequest
+from engine.base import GenerationRequest, Operation
 from engine.conditioning import RowGuidance, conditioning_arguments, guidance_scale, prompt_encoder, rows_for
 from engine.seeds import tile_seeds
 
@@ -112,3 +113,59 @@ async def test_weights_reach_the_images(tiny_engine):
         request(prompt="fox", prompt_parts=(("fox", 1.0), ("snow", -0.9)), n=1)
     )
     assert not np.array_equal(pixels(plain[0]), pixels(weighted[0]))
+
+
+# -- SDXL: two text encoders, pooled embeddings, zeros for an empty negative ----------------------------
+
+
+@pytest.fixture(scope="module")
+def sdxl_engine(tmp_path_factory):
+    from engine.local import LocalDiffusersEngine
+    from engine.tiny import build_tiny_sdxl_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    build_tiny_sdxl_pipeline().save_pretrained(folder)
+    engine = LocalDiffusersEngine(str(folder), device="cpu")
+    asyncio.run(engine.start())
+    yield engine
+    asyncio.run(engine.close())
+
+
+@pytest.mark.parametrize("negative", ["blurry", ""])
+def test_compel_reads_sdxl_prompts_as_the_pipeline_does(sdxl_engine, negative):
+    pipe = sdxl_engine._pipelines(None).txt2img
+    encoder = prompt_encoder(pipe)
+    assert encoder is not None and encoder.zero_empty_negative
+    arguments = conditioning_arguments(encoder, rows_for(request(n=1, negative_prompt=negative)))
+    own = pipe.encode_prompt(  # as a plain `pipe(prompt)` call: no negative prompt means zeros on SDXL
+        "a red fox",
+        device="cpu",
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
+        negative_prompt=negative or None,
+    )
+    names = (
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "pooled_prompt_embeds",
+        "negative_pooled_prompt_embeds",
+    )
+    for name, expected in zip(names, own, strict=True):
+        assert torch.allclose(arguments[name], expected, atol=1e-5), name
+
+
+async def test_sdxl_grids_and_variations_take_weights_and_chaos(sdxl_engine):
+    styled = request(chaos=100, guidance=1.0, prompt_parts=(("a red fox", 2.0), ("snow", -0.5)))
+    grid = await sdxl_engine.generate(styled)
+    assert len(grid) == 4 and all(image.size == (64, 64) for image in grid)
+    assert np.array_equal(pixels(grid[1]), pixels((await sdxl_engine.generate(styled))[1]))
+    calm = await sdxl_engine.generate(request(guidance=1.0, prompt_parts=styled.prompt_parts))
+    assert np.array_equal(pixels(grid[0]), pixels(calm[0])) and not np.array_equal(
+        pixels(grid[1]), pixels(calm[1])
+    )
+    vary = await sdxl_engine.generate(
+        request(
+            operation=Operation.VARY_SUBTLE, init_image=grid[0], chaos=50, prompt_parts=styled.prompt_parts
+        )
+    )
+    assert len(vary) == 4
