@@ -8,6 +8,8 @@ How: N jobs (``n=1`` image each, distinct prompts and seeds) are handed to ``Loc
 at once with ``asyncio.gather``; "off" is ``max_batch=1`` (one pipeline call per job), "on" is
 ``max_batch=N`` with a 50 ms window (one call with N prompts / generators). One warm-up engine run and one warm-up round per setting are not timed.
 Wall time of the whole round → images/s. Previews: the same N jobs, batching off, ``preview_every=1`` vs 0.
+Mixed: N jobs that each have their own guidance, --chaos and (every other one) ``::`` weights, off vs on —
+they share one call because guidance and conditioning are per row.
 The GPU baseline is a loop of ``pipe(prompt, generator=...)`` calls, one per job, on the same pipeline.
 """
 
@@ -36,6 +38,24 @@ def requests(count: int, size: int, steps: int) -> list[GenerationRequest]:
         GenerationRequest(
             prompt=f"a painting of thing {i}", width=size, height=size, steps=steps, seed=i, n=1
         )
+        for i in range(count)
+    ]
+
+
+def mixed_requests(count: int, size: int, steps: int) -> list[GenerationRequest]:
+    """Jobs as users send them: each with its own --stylize (guidance 3..11), --chaos and :: weights."""
+    return [
+        GenerationRequest(
+            prompt=f"a painting of thing {i}",
+            width=size,
+            height=size,
+            steps=steps,
+            seed=i,
+            n=1,
+            guidance=3.0 + 8.0 * i / max(1, count - 1),
+            chaos=(i * 37) % 101,
+            prompt_parts=((f"a painting of thing {i}", 2.0), ("fog", -0.5)) if i % 2 else (),
+        )  # fmt: skip
         for i in range(count)
     ]
 
@@ -164,6 +184,17 @@ async def main() -> int:
         print(
             f"previews every step vs none:  {off:.2f} s vs {none:.2f} s  -> previews cost {100 * (off - none) / none:+.1f}%"
         )
+        mixed = mixed_requests(jobs, size, steps)
+        mixed_off = await measure(
+            model, device, mixed, max_batch=1, preview_every=1, rounds=args.rounds, dtype=dtype
+        )
+        mixed_on = await measure(
+            model, device, mixed, max_batch=jobs, preview_every=1, rounds=args.rounds, dtype=dtype
+        )
+        print(
+            f"mixed stylize/chaos/:: jobs:  {jobs / mixed_off:7.2f} images/s unbatched, {jobs / mixed_on:7.2f} batched "
+            f"x{mixed_off / mixed_on:.2f} (each row its own guidance and embedding)"
+        )  # fmt: skip
         if args.gpu:
             plain = plain_diffusers(model, batch, args.rounds)
             print(f"plain diffusers call per job: {jobs / plain:7.2f} images/s  ({plain:.2f} s)")
