@@ -41,6 +41,7 @@ from engine.base import (
     GenerationRequest,
     Operation,
     ProgressUpdate,
+    engine_seconds_of,
 )
 from engine.geometry import output_size
 from engine.seeds import tile_seeds
@@ -376,7 +377,7 @@ class JobService:
             return
         finally:
             self._cancel_tokens.pop(job_id, None)
-        engine_seconds = time.perf_counter() - started if job.kind != JobKind.UPSCALE else 0.0
+        engine_seconds = self._charged_seconds(job, images, time.perf_counter() - started)
         try:
             job = await self.repo.transition(job_id, JobState.GENERATED, engine_seconds=engine_seconds)
         except InvalidTransition:
@@ -386,6 +387,15 @@ class JobService:
             self.quotas.cost.observe(job, engine_seconds, len(images))
             self._recent_engine_seconds.append(engine_seconds)
         await self._store_and_publish(job, images)
+
+    @staticmethod
+    def _charged_seconds(job: Job, images: list[Image.Image], wall: float) -> float:
+        """Engine time to charge: the engine's own share when it gives one (a batched job pays its share of
+        the batch, not the batch's whole time nor its wait in the engine), else the wall time; 0 for U."""
+        if job.kind == JobKind.UPSCALE:
+            return 0.0
+        share = engine_seconds_of(images)
+        return wall if share is None else min(share, wall)
 
     async def _generate(self, job: Job, token: CancelToken) -> list[Image.Image]:
         if job.kind == JobKind.UPSCALE:

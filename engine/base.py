@@ -111,6 +111,18 @@ class GenerationRequest:
     ] = ()  # `::` weights; () = ``prompt`` unweighted (engine.weights)
 
 
+ENGINE_SECONDS = "engine_seconds"
+"""``image.info`` key: the device seconds of the job that made this image. An engine that runs several jobs
+in one batched call sets it on every image to the job's share (the call's time split by image count), so
+the bot charges each user their share, not the whole batch's wall time (``engine_seconds_of``)."""
+
+
+def engine_seconds_of(images: list[Image.Image]) -> float | None:
+    """The ``ENGINE_SECONDS`` an engine recorded on a result, or None when it recorded none."""
+    value = images[0].info.get(ENGINE_SECONDS) if images else None
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
+
+
 @dataclass(frozen=True)
 class ProgressUpdate:
     """One denoising step done. ``preview`` is a small JPEG of the first tile, or None."""

@@ -23,6 +23,7 @@ import aiohttp
 from PIL import Image
 
 from engine.base import (
+    ENGINE_SECONDS,
     CancelToken,
     EngineCancelled,
     EngineError,
@@ -243,6 +244,10 @@ class RemoteEngine:
                 image = Image.open(io.BytesIO(data))
                 image.load()
                 images.append(image.convert("RGB"))
+            seconds = snapshot.get("engine_seconds")
+            if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+                for result in images:  # the server's share for this job, for the bot's charge
+                    result.info[ENGINE_SECONDS] = float(seconds)
         except (aiohttp.ClientError, TimeoutError) as error:
             raise EngineUnavailable(f"engine server {self.name} went away while sending results") from error
         except OSError as error:

@@ -32,6 +32,7 @@ from engine.base import (
     EngineOutOfMemory,
     GenerationRequest,
     ProgressUpdate,
+    engine_seconds_of,
 )
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class ServerJob:
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
+    engine_seconds: float | None = None  # the engine's share for this job (ENGINE_SECONDS), else run time
     cancel: CancelToken = field(default_factory=CancelToken)
     subscribers: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
 
@@ -98,6 +100,7 @@ class ServerJob:
             "images": [f"/images/{key}" for key in self.images],
             "seed": self.request.seed,
             "n": self.request.n,
+            "engine_seconds": None if self.engine_seconds is None else round(self.engine_seconds, 4),
         }
 
 
@@ -247,6 +250,8 @@ class JobManager:
             self.images[key] = data
             keys.append(key)
         job.images = keys
+        share = engine_seconds_of(images)
+        job.engine_seconds = share if share is not None else time.monotonic() - job.started
         self.images_made += len(keys)
         self.processing_seconds += time.monotonic() - job.started
         self._set(job, ServerState.SUCCEEDED)
