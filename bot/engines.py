@@ -8,15 +8,20 @@ optional token, written ``http(s)://TOKEN@host:port`` or ``http(s)://host:port#T
     ENGINE=local,https://gpu3.example.com:7861#s3cret          # mixed
 
 One item gives that engine itself; several give an ``EnginePool`` (least-loaded dispatch, failover).
+The local engine takes ``ENGINE_BATCH_MAX`` and ``ENGINE_SAFETY_CHECKER`` from the bot's settings, the same
+names an engine server reads; a remote engine server applies its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from engine.base import Engine, EngineError
+
+if TYPE_CHECKING:
+    from engine.local import LocalDiffusersEngine
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ def build_engine(settings: Any) -> Engine:
     engines: list[Engine] = []
     for index, spec in enumerate(specs):
         if spec.kind == "local":
-            engines.append(_local(settings))
+            engines.append(build_local_engine(settings))
         else:
             from engine.remote import RemoteEngine
 
@@ -81,7 +86,8 @@ def build_engine(settings: Any) -> Engine:
     return EnginePool(engines)
 
 
-def _local(settings: Any) -> Engine:
+def build_local_engine(settings: Any) -> LocalDiffusersEngine:
+    """The in-process diffusers engine on ``MODEL`` / ``DEVICE`` with the bot's local-engine settings."""
     try:
         from engine.local import LocalDiffusersEngine
     except ImportError as error:
@@ -89,4 +95,9 @@ def _local(settings: Any) -> Engine:
             f"the local engine needs the 'local' extra (pip install -e '.[local]'): {error.name} is missing"
         ) from None
     batch_max = int(getattr(settings, "engine_batch_max", 1) or 1)
-    return LocalDiffusersEngine(settings.model, settings.device, max_batch=batch_max)
+    return LocalDiffusersEngine(
+        settings.model,
+        settings.device,
+        max_batch=batch_max,
+        safety_checker=getattr(settings, "engine_safety_checker", None),
+    )

@@ -38,6 +38,7 @@ from engine.base import (
     Engine,
     EngineCancelled,
     EngineError,
+    EngineFlagged,
     GenerationRequest,
     Operation,
     ProgressUpdate,
@@ -61,6 +62,9 @@ _PHASE = {
     JobState.GENERATED: "generating",
     JobState.STORING: "being stored",
 }
+
+FLAGGED_REASON = "🚫 The safety filter flagged this result, so it was not posted. Nothing was charged."
+"""What the user sees when the engine's safety checker refused a job (the job ends FAILED: no charge)."""
 
 DEFAULT_GUIDANCE = 7.0
 VARIATION_STRENGTH = 0.6
@@ -367,6 +371,9 @@ class JobService:
             images = await self._generate(job, token)
         except EngineCancelled:
             await self._finish_unsuccessfully(job, JobState.CANCELED, "Canceled.")
+            return
+        except EngineFlagged:
+            await self._finish_unsuccessfully(job, JobState.FAILED, FLAGGED_REASON)
             return
         except EngineError as error:
             await self._finish_unsuccessfully(job, JobState.FAILED, str(error) or "The engine failed.")

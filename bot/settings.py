@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     engine_batch_max: int = Field(
         default=1, ge=1, le=64, description="Local engine: jobs per denoising call."
     )
+    engine_safety_checker: str = Field(
+        default="",
+        description="Local engine: a safety checker run on every result (empty or off = none; or a hub id "
+        "such as CompVis/stable-diffusion-safety-checker, or a local folder). A flagged job is refused as "
+        "a whole; nothing is posted or charged. Engine servers use their own ENGINE_SAFETY_CHECKER.",
+    )
     admin_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     admin_role_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     buttons_for_everyone: bool = Field(

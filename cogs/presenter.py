@@ -139,7 +139,8 @@ class DiscordPresenter:
 
     async def failed(self, job: Job, reason: str) -> None:
         await self._stop_progress(job.id)
-        await self._edit(job, Stage.FINAL, content=f"{headline(job)} — ❌ {reason}", clear_files=True)
+        mark = "" if reason.startswith("🚫") else "❌ "  # 🚫: a refusal (the safety filter), not an error
+        await self._edit(job, Stage.FINAL, content=f"{headline(job)} — {mark}{reason}", clear_files=True)
         self._messages.pop(job.id, None)
 
     # -- editing ---------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ async def serve(host: str, port: int, settings: object) -> int:
     from aiohttp import web
 
     from engine.local import LocalDiffusersEngine
+    from engine.safety import safety_checker_source
     from engine.server.app import create_app
 
     s = settings  # EngineSettings
@@ -55,7 +56,8 @@ async def serve(host: str, port: int, settings: object) -> int:
         bound = server.sockets[0].getsockname()[1]
     print(
         f"engine server listening on http://{host}:{bound} model={s.model} device={s.device} "  # type: ignore[attr-defined]
-        f"slots={engine.slots} auth={'token' if token else 'none'}",
+        f"slots={engine.slots} auth={'token' if token else 'none'} "
+        f"safety_checker={safety_checker_source(s.engine_safety_checker) or 'off'}",  # type: ignore[attr-defined]
         flush=True,
     )
     stop = asyncio.Event()

@@ -162,6 +162,19 @@ class EngineOutOfMemory(EngineError):
     """The device ran out of memory for this request."""
 
 
+FLAGGED_MESSAGE = "the safety filter flagged the result"
+
+
+class EngineFlagged(EngineError):
+    """The safety checker flagged the result: the whole job is refused and no image is returned.
+
+    It is the content, not the engine: another engine would refuse it too, so it is never retried elsewhere.
+    """
+
+    def __init__(self, message: str = FLAGGED_MESSAGE) -> None:
+        super().__init__(message)
+
+
 class EngineUnavailable(EngineError):
     """The engine could not be reached or lost the job; the same request may be retried on another engine."""
 

@@ -25,6 +25,10 @@ a larger canvas (``engine.geometry``) and runs the inpainting pipeline: with a r
 with the model's own 4-channel UNet (the known area is re-noised from the original at every step); either
 way the original pixels are pasted back unchanged. ``tile=True`` switches every conv layer of the UNet and
 VAE to circular padding for the call (seamless textures).
+
+Safety (optional, ``safety_checker=``; see ``engine.safety``): after a batch is made, the checker looks at
+every job's images; a job with any flagged image ends with ``EngineFlagged`` (no image is returned), while
+the other jobs of the batch keep theirs. It applies to every operation.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from engine.base import (
     CancelToken,
     EngineCancelled,
     EngineError,
+    EngineFlagged,
     EngineOutOfMemory,
     GenerationRequest,
     Operation,
@@ -80,6 +85,7 @@ from engine.previews import (
     load_preview_decoder,
     taesd_preview,
 )
+from engine.safety import SafetyChecker, load_safety_checker, safety_checker_source
 from engine.seeds import tile_seeds
 from engine.sizes import SIZE_MULTIPLE
 
@@ -227,9 +233,12 @@ class LocalDiffusersEngine:
         channels_last: bool = False,
         compile_unet: bool = False,
         preview_decoder: Any = None,
+        safety_checker: Any = None,
     ) -> None:
         """``preview_decoder``: an ``AutoencoderTiny`` (TAESD) or a path / hub id of one, to decode the
         previews instead of the latent→RGB matrix (see ``engine.previews``); None or ``"latent-rgb"``: the matrix.
+        ``safety_checker``: an ``engine.safety.SafetyChecker`` or a path / hub id of one; a job with a flagged
+        image fails with ``EngineFlagged`` (see ``engine.safety``); None, ``""`` or ``"off"``: no checker.
         """
         self.name = name
         self.model = model
@@ -248,6 +257,8 @@ class LocalDiffusersEngine:
         self.compile_unet = compile_unet
         self._preview_source = None if preview_decoder in (None, LATENT_RGB) else preview_decoder
         self._preview_decoder: Any = None  # loaded with the first model (on its device)
+        self._safety_source = safety_checker_source(safety_checker)
+        self._safety_checker: SafetyChecker | None = None  # loaded with the first model (on its device)
         self._dtype = dtype
         self._cache: LRUCache[str, _Loaded] = LRUCache(cache_bytes, _Loaded.size_bytes, self._release)
         self._lock = threading.Lock()  # held by the worker thread while it runs a batch
@@ -280,6 +291,7 @@ class LocalDiffusersEngine:
             channels_last=getattr(settings, "engine_channels_last", False),
             compile_unet=getattr(settings, "engine_torch_compile", False),
             preview_decoder=getattr(settings, "engine_preview_decoder", LATENT_RGB),
+            safety_checker=getattr(settings, "engine_safety_checker", None),
         )
         values.update(overrides)
         return cls(settings.model, settings.device, **values)
@@ -410,6 +422,7 @@ class LocalDiffusersEngine:
         started = time.perf_counter()
         try:
             results = self._denoise(live)
+            flagged = self._safety_flags(live, results)
         except _Interrupted:
             for job in live:
                 log.info("generation cancelled seed=%s", job.request.seed)
@@ -445,11 +458,30 @@ class LocalDiffusersEngine:
             return
         elapsed = time.perf_counter() - started
         images = 0
-        for job, result in zip(live, results, strict=True):
-            if not job.done:
-                job.finish(result)
-                images += len(result)
+        for job, result, refused in zip(live, results, flagged, strict=True):
+            if job.done:
+                continue
+            if refused:
+                job.finish(EngineFlagged())
+                continue
+            job.finish(result)
+            images += len(result)
         self.stats.record(images, elapsed, effective_steps(live[0].request))
+
+    def _safety_flags(self, jobs: list[_Job], results: list[list[Image.Image]]) -> list[bool]:
+        """Per job: did the safety checker flag any of its images? (All False without a checker.)"""
+        checker = self._safety_checker
+        if checker is None:
+            return [False] * len(jobs)
+        checked = [j for j, job in enumerate(jobs) if not job.done]
+        verdicts = iter(checker.flags([image for j in checked for image in results[j]]))
+        flagged = [False] * len(jobs)
+        for j in checked:
+            flagged[j] = any([next(verdicts) for _ in results[j]])
+            if flagged[j]:
+                request = jobs[j].request
+                log.info("safety checker flagged a job seed=%s operation=%s", request.seed, request.operation)
+        return flagged
 
     def _denoise(self, jobs: list[_Job]) -> list[list[Image.Image]]:
         first = jobs[0].request
@@ -630,6 +662,9 @@ class LocalDiffusersEngine:
                 self._preview_source, pipe.vae.device, pipe.vae.dtype
             )
             log.info("engine previews decoded by %s", self._preview_source)
+        if self._safety_source is not None and self._safety_checker is None:
+            self._safety_checker = load_safety_checker(self._safety_source, pipe.vae.device, pipe.vae.dtype)
+            log.info("engine safety checker on: %s", self._safety_checker.source)
         img2img = img2img_pipeline(pipe)
         try:
             inpaint = AutoPipelineForInpainting.from_pipe(pipe)

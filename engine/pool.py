@@ -2,9 +2,12 @@
 
 Each request goes to the least-loaded engine in rotation (in-flight jobs / slots). When an engine raises
 ``EngineUnavailable`` mid-job, the same request (same seed, so the same images) is resubmitted to another
-engine. An engine that fails ``max_failures`` times in a row, or whose health check fails right after a
-failure, is taken out of rotation; a background check every ``health_interval`` seconds puts it back once
-its ``health()`` passes. ``status()`` reports each engine's health, load and recent speed.
+engine. Any other ``EngineError`` (out of memory, ``EngineFlagged`` from a safety checker, a bad request)
+belongs to the request, not the engine: it reaches the caller as is, with no resubmission and without
+counting as a failure of the engine. An engine that fails ``max_failures`` times in a row, or whose health
+check fails right after a failure, is taken out of rotation; a background check every ``health_interval``
+seconds puts it back once its ``health()`` passes. ``status()`` reports each engine's health, load and
+recent speed.
 """
 
 from __future__ import annotations

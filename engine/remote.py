@@ -27,6 +27,7 @@ from engine.base import (
     CancelToken,
     EngineCancelled,
     EngineError,
+    EngineFlagged,
     EngineOutOfMemory,
     EngineUnavailable,
     GenerationRequest,
@@ -285,6 +286,8 @@ def _error_from(data: dict[str, Any], status: int) -> EngineError:
         return EngineOutOfMemory(message)
     if code == "canceled":
         return EngineCancelled(message)
+    if code == "flagged":  # the safety checker refused the result: not retried on another engine
+        return EngineFlagged(message)
     if code in ("engine_unavailable", "internal_error") or status >= 500 or status == 401:
         if status == 401:
             message = "the engine server refused our token"

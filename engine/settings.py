@@ -45,6 +45,12 @@ class EngineSettings(BaseSettings):
         description="Previews: latent-rgb (a cheap matrix), or a path / hub id of a TAESD AutoencoderTiny "
         "(real-looking previews; a GPU option, ~1.2 s per 512² preview on CPU).",
     )
+    engine_safety_checker: str = Field(
+        default="",
+        description="Safety checker run on every result: empty or off (default), or a hub id "
+        "(CompVis/stable-diffusion-safety-checker) or local folder of a StableDiffusionSafetyChecker. "
+        "A job with a flagged image is refused as a whole.",
+    )
     engine_channels_last: bool = False
     engine_torch_compile: bool = False
     engine_model_cache_gb: float = Field(

@@ -358,3 +358,110 @@ def _vae_to_ldm(state: dict[str, torch.Tensor], config: object) -> dict[str, tor
             value = value.reshape(*value.shape, 1, 1)  # LDM stores the attention projections as 1x1 convs
         renamed[key] = value
     return renamed
+
+
+# -- a tiny safety checker ---------------------------------------------------------------------------
+
+SAFETY_IMAGE_SIZE = 32
+SAFETY_HIDDEN = 32
+SAFETY_PROJECTION = 16
+NEVER_FLAG = 2.0
+"""A concept threshold above any cosine similarity (which is at most 1): nothing is flagged."""
+ALWAYS_FLAG = -2.0
+"""A concept threshold below any cosine similarity (at least -1): every image is flagged."""
+
+
+def build_tiny_safety_checker(*, flag: bool = False, seed: int = 0) -> Any:
+    """A tiny random-weight ``StableDiffusionSafetyChecker`` (a 2-layer CLIP vision tower on 32² input) with
+    its ``CLIPImageProcessor``, wrapped as an ``engine.safety.SafetyChecker``; built offline in milliseconds.
+
+    The outcome is set through the checker's own thresholds, so its real code decides: ``flag=True`` puts
+    every concept threshold (``concept_embeds_weights``) below any possible similarity (every image is
+    flagged), ``flag=False`` puts every threshold above it (nothing is flagged). ``aim_safety_checker``
+    makes it flag chosen images only.
+    """
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    from engine.safety import SafetyChecker
+
+    config = CLIPConfig(
+        text_config={  # unused by the checker, but part of its config: kept tiny
+            "vocab_size": 64,
+            "hidden_size": SAFETY_HIDDEN,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": SAFETY_HIDDEN,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": SAFETY_IMAGE_SIZE,
+            "patch_size": 8,
+        },
+        projection_dim=SAFETY_PROJECTION,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        checker: Any = StableDiffusionSafetyChecker(config)
+        with torch.no_grad():
+            checker.concept_embeds.normal_()
+            checker.special_care_embeds.normal_()
+    set_safety_thresholds(checker, ALWAYS_FLAG if flag else NEVER_FLAG)
+    extractor = CLIPImageProcessor(
+        size={"shortest_edge": SAFETY_IMAGE_SIZE},
+        crop_size={"height": SAFETY_IMAGE_SIZE, "width": SAFETY_IMAGE_SIZE},
+    )
+    return SafetyChecker(checker, extractor, source="tiny")
+
+
+def set_safety_thresholds(checker: Any, concept: float, special_care: float = NEVER_FLAG) -> None:
+    """Set every concept threshold to ``concept`` and every special-care threshold to ``special_care``
+    (on a ``StableDiffusionSafetyChecker`` or an ``engine.safety.SafetyChecker``)."""
+    module = getattr(checker, "checker", checker)
+    with torch.no_grad():
+        module.concept_embeds_weights.fill_(concept)
+        module.special_care_embeds_weights.fill_(special_care)
+
+
+def save_tiny_safety_checker(folder: Path, *, flag: bool = False, seed: int = 0) -> Path:
+    """Save a tiny safety checker like ``CompVis/stable-diffusion-safety-checker`` is laid out: ``config.json``,
+    the weights and ``preprocessor_config.json`` in one folder; returns ``folder``."""
+    folder = Path(folder)
+    wrapper = build_tiny_safety_checker(flag=flag, seed=seed)
+    wrapper.checker.save_pretrained(folder)
+    wrapper.feature_extractor.save_pretrained(folder)
+    return folder
+
+
+def aim_safety_checker(checker: Any, flagged: list[Any], clean: list[Any]) -> float:
+    """Make an ``engine.safety.SafetyChecker`` flag the images of ``flagged`` and none of ``clean``.
+
+    Concept 0 becomes the direction ``c`` (in the checker's own embedding space) with ``<e, c> = +1`` for
+    the unit embedding ``e`` of every ``flagged`` image and ``-1`` for every ``clean`` one (the minimum-norm
+    solution), its threshold 0; every other concept and special-care threshold is set out of reach. So the
+    real checker sees a cosine of ``+1/|c|`` or ``-1/|c|``, and flags exactly ``flagged``. Returns that
+    margin, ``1/|c|``; raises ``ValueError`` if the images cannot be told apart this way.
+    """
+    module = checker.checker
+    pixels = checker.feature_extractor(
+        images=[i.convert("RGB") for i in flagged + clean], return_tensors="pt"
+    )
+    parameter = next(module.parameters())
+    with torch.no_grad():
+        pooled = module.vision_model(pixels.pixel_values.to(parameter.device, parameter.dtype))[1]
+        embeds = torch.nn.functional.normalize(module.visual_projection(pooled).double())
+    targets = torch.tensor([1.0] * len(flagged) + [-1.0] * len(clean), dtype=torch.float64)
+    direction = torch.linalg.pinv(embeds) @ targets
+    if not torch.allclose(embeds @ direction, targets, atol=1e-6):
+        raise ValueError("the flagged and clean images have the same embeddings; they cannot be told apart")
+    set_safety_thresholds(module, NEVER_FLAG)
+    with torch.no_grad():
+        module.concept_embeds[0] = direction.to(module.concept_embeds.dtype)
+        module.concept_embeds_weights[0] = 0.0
+    return float(1 / direction.norm())

@@ -12,7 +12,9 @@
     GET    /metrics                   Prometheus text format
 
 Every other route needs ``Authorization: Bearer <ENGINE_TOKEN>`` when a token is configured. Errors are
-``{"error": {"code", "message"}}`` with a fitting status (400, 401, 404, 413, 503, 500).
+``{"error": {"code", "message"}}`` with a fitting status (400, 401, 404, 413, 503, 500). A job that ends
+FAILED carries the same shape in its snapshot's ``error`` (codes in ``engine.server.jobs``; ``flagged``:
+the safety checker, ``ENGINE_SAFETY_CHECKER``, refused the result).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ A job lives in memory only. States are PRODUCT.md's names, with its progress num
 QUEUED 30 → PROCESSING 30–85 by step → GENERATED 85 → STORING 95 (PNG-encoding the results) →
 SUCCEEDED 100, or FAILED / CANCELED with ``error = {"code", "message"}``. A job the server cannot
 finish (engine error, out of memory, the server stopping, the model failing to load) always ends FAILED
-with a reason; nothing is left silent.
+with a reason; nothing is left silent. Error codes: ``canceled``, ``out_of_memory``, ``flagged`` (the
+safety checker refused the result; a client must not retry it elsewhere), ``engine_error``,
+``engine_unavailable`` (retryable on another engine), ``internal_error``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from engine.base import (
     Engine,
     EngineCancelled,
     EngineError,
+    EngineFlagged,
     EngineOutOfMemory,
     GenerationRequest,
     ProgressUpdate,
@@ -231,6 +234,9 @@ class JobManager:
             return
         except EngineOutOfMemory as error:
             self._set(job, ServerState.FAILED, error={"code": "out_of_memory", "message": str(error)})
+            return
+        except EngineFlagged as error:  # the content, not the engine: clients must not retry it elsewhere
+            self._set(job, ServerState.FAILED, error={"code": "flagged", "message": str(error)})
             return
         except EngineError as error:
             self._set(

@@ -14,6 +14,7 @@ from typing import Any
 
 from bot.app import ImagineBot
 from bot.discord_endpoints import apply_discord_endpoints
+from bot.engines import build_local_engine
 from bot.settings import Settings, load_settings
 from engine.local import LocalDiffusersEngine
 from tests.discord_emulator import DiscordEmulator
@@ -58,9 +59,7 @@ class InProcessBot:
 
     async def start(self, emu: DiscordEmulator) -> ImagineBot:
         apply_discord_endpoints(self.settings.discord_api_base, self.settings.discord_gateway_url)
-        self.engine = LocalDiffusersEngine(
-            self.settings.model, self.settings.device, max_batch=self.settings.engine_batch_max
-        )
+        self.engine = build_local_engine(self.settings)  # what ENGINE=local builds
         await self.engine.start()
         self.bot = ImagineBot(
             self.settings,
