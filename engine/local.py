@@ -50,6 +50,7 @@ import torch
 from PIL import Image
 
 from engine.base import (
+    ENGINE_SECONDS,
     UPSCALE_CREATIVE_STRENGTH,
     UPSCALE_SUBTLE_STRENGTH,
     VARY_STRONG_STRENGTH,
@@ -457,6 +458,7 @@ class LocalDiffusersEngine:
                 job.finish(EngineError(f"image generation failed ({type(error).__name__})"))
             return
         elapsed = time.perf_counter() - started
+        rows_made = sum(len(result) for result in results)
         images = 0
         for job, result, refused in zip(live, results, flagged, strict=True):
             if job.done:
@@ -464,6 +466,9 @@ class LocalDiffusersEngine:
             if refused:
                 job.finish(EngineFlagged())
                 continue
+            share = elapsed * len(result) / max(1, rows_made)  # the batch's time split by image rows
+            for image in result:
+                image.info[ENGINE_SECONDS] = share
             job.finish(result)
             images += len(result)
         self.stats.record(images, elapsed, effective_steps(live[0].request))

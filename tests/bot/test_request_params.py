@@ -62,3 +62,21 @@ async def test_remix_replaces_the_weights_with_the_new_texts(parts):
     assert (request.prompt, request.prompt_parts, request.chaos) == ("a lighthouse", (), 90)
     kept = await jobs.submit_child(parent, JobKind.REROLL, None, 10, acknowledge)
     assert (await jobs._request_for(kept)).prompt_parts == (("castle", 2.0), ("fog", -0.5))
+
+
+def test_a_batched_job_is_charged_its_share_not_the_wall_time():
+    from PIL import Image
+
+    from bot.jobs import JobService
+    from engine.base import ENGINE_SECONDS
+    from storage.models import Job
+
+    images = [Image.new("RGB", (8, 8)) for _ in range(4)]
+    grid = Job(user_id=1, kind=JobKind.IMAGINE, prompt="x", width=64, height=64, steps=3, seed=1)
+    assert JobService._charged_seconds(grid, images, wall=5.0) == 5.0  # no share reported: the wall time
+    for image in images:
+        image.info[ENGINE_SECONDS] = 1.25
+    assert JobService._charged_seconds(grid, images, wall=5.0) == 1.25
+    assert JobService._charged_seconds(grid, images, wall=1.0) == 1.0  # never more than it took
+    upscale = Job(user_id=1, kind=JobKind.UPSCALE, prompt="x", width=64, height=64, steps=3, seed=1)
+    assert JobService._charged_seconds(upscale, images, wall=5.0) == 0.0

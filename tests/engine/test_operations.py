@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from engine.base import (
     EngineError,
     GenerationRequest,
     Operation,
+    engine_seconds_of,
 )
 from engine.geometry import outpaint_layout, outpaint_mask, tile_boxes, upscaled_size
 from engine.local import LocalDiffusersEngine, batch_key, seamless
@@ -250,16 +252,25 @@ async def test_batched_results_equal_unbatched(tiny_engine, batching_engine):
     alone = [await tiny_engine.generate(r) for r in requests + vary]
     progress: list[list[int]] = [[] for _ in requests + vary]
     batches_before = batching_engine.stats.batches
+    started = time.perf_counter()
     together = await asyncio.gather(
         *(
             batching_engine.generate(r, lambda u, i=i: progress[i].append(u.step))
             for i, r in enumerate(requests + vary)
         )
     )
+    wall = time.perf_counter() - started
     assert batching_engine.stats.batches - batches_before == 2  # one txt2img batch, one vary batch
     for a, b in zip(alone, together, strict=True):
         assert len(a) == len(b) and all(close(x, y) for x, y in zip(a, b, strict=True))
     assert progress[:4] == [[1, 2, 3]] * 4
+    # each job is charged its rows' share of its batch, not the batch's whole time
+    shares = [engine_seconds_of(result) for result in together]
+    assert all(share is not None and share > 0 for share in shares)
+    assert shares[0] == pytest.approx(2 * shares[2]) and shares[3] == pytest.approx(shares[0])  # 2 rows vs 1
+    assert (
+        sum(shares) <= wall
+    )  # the shares split the two calls' time; wall time would charge it ~4 times over
 
 
 async def test_cancelling_one_job_of_a_batch_keeps_the_others(batching_engine):

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
 
-from engine.base import CancelToken, Engine, EngineCancelled, EngineUnavailable, GenerationRequest, Operation
+from engine.base import (
+    CancelToken,
+    Engine,
+    EngineCancelled,
+    EngineUnavailable,
+    GenerationRequest,
+    Operation,
+    engine_seconds_of,
+)
 from engine.local import LocalDiffusersEngine
 from engine.pool import EnginePool
 from engine.remote import RemoteEngine
@@ -49,6 +57,9 @@ async def test_remote_engine_generates_the_same_images(tiny_model_dir, tiny_engi
         updates = []
         images = await remote.generate(request(), updates.append)
         assert same(images, await tiny_engine.generate(request()))
+        assert (
+            0 < engine_seconds_of(images) < 60
+        )  # the server's device time for the job, for the bot's charge
         assert [u.step for u in updates] == [1, 2, 3] and updates[0].preview is not None
         styled = request(chaos=60, guidance=5.0, prompt_parts=(("a red fox", 2.0), ("snow", -0.5)))
         assert same(await remote.generate(styled), await tiny_engine.generate(styled))
