@@ -445,8 +445,9 @@ def aim_safety_checker(checker: Any, flagged: list[Any], clean: list[Any]) -> fl
     Concept 0 becomes the direction ``c`` (in the checker's own embedding space) with ``<e, c> = +1`` for
     the unit embedding ``e`` of every ``flagged`` image and ``-1`` for every ``clean`` one (the minimum-norm
     solution), its threshold 0; every other concept and special-care threshold is set out of reach. So the
-    real checker sees a cosine of ``+1/|c|`` or ``-1/|c|``, and flags exactly ``flagged``. Returns that
-    margin, ``1/|c|``; raises ``ValueError`` if the images cannot be told apart this way.
+    real checker sees a cosine of ``+1/|c|`` or ``-1/|c|``, and flags exactly ``flagged`` as long as that
+    margin stays above 0.0005 (the checker rounds its scores to 3 decimals). Returns the margin, ``1/|c|``;
+    raises ``ValueError`` if the images cannot be told apart this way.
     """
     module = checker.checker
     pixels = checker.feature_extractor(

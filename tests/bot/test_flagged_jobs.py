@@ -11,7 +11,7 @@ from engine.local import LocalDiffusersEngine
 from engine.tiny import build_tiny_safety_checker
 from storage.models import LedgerKind
 from storage.states import JobState
-from tests.bot.support import acknowledge, run_until_done, service
+from tests.bot.support import acknowledge, service
 
 
 async def test_a_flagged_job_fails_and_costs_nothing(parts, tiny_model_dir, caplog):
@@ -24,13 +24,18 @@ async def test_a_flagged_job_fails_and_costs_nothing(parts, tiny_model_dir, capl
         jobs, presenter = service(parts, engine=engine)
         job = await jobs.submit_imagine(10, acknowledge, parse_prompt("a secret lighthouse --seed 3"))
         assert job.mode == "fast" and job.estimate_seconds > 0
-        (done,) = await run_until_done(jobs, [job.id])
-        for _ in range(500):  # the row ends first, then the user is told
-            if presenter.of(job.id, "failed"):
-                break
-            await asyncio.sleep(0.01)
+        # run until the user is told (after the row ended: stopping at the row alone could cut that off)
+        jobs.scheduler.start(1, jobs.run)
+        try:
+            for _ in range(3000):
+                if presenter.of(job.id, "failed"):
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await jobs.scheduler.stop()
     finally:
         await engine.close()
+    done = await jobs.repo.get(job.id)
     assert done.state == JobState.FAILED and done.error == FLAGGED_REASON
     assert presenter.of(job.id, "failed") == [FLAGGED_REASON]
     assert presenter.of(job.id, "succeeded") == [] and await jobs.repo.images(job.id) == []

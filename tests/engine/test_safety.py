@@ -69,7 +69,7 @@ def test_an_aimed_checker_flags_only_the_chosen_images():
     images = [noise(seed) for seed in range(6)]
     checker = build_tiny_safety_checker()
     margin = aim_safety_checker(checker, images[:2], images[2:])
-    assert margin > 0.002  # above the checker's rounding of scores to 3 decimals
+    assert margin > 0.001  # above 0.0005, where the checker's rounding to 3 decimals blurs it
     assert checker.flags(images) == [True, True, False, False, False, False]
     assert checker.flags(images[::-1]) == [False, False, False, False, True, True]
 
@@ -122,7 +122,7 @@ async def test_in_a_batch_only_the_flagged_job_fails(tiny_model_dir):
         assert engine.stats.batches == batches + 1  # one denoising call for the three jobs
         # the checker, aimed at the second job's images only, now refuses that job and keeps the others
         margin = aim_safety_checker(checker, first[1], first[0] + first[2])
-        assert margin > 0.002
+        assert margin > 0.001  # ~0.004 here: the tiny model's images are alike
         second = await asyncio.gather(*(engine.generate(r) for r in jobs), return_exceptions=True)
         assert engine.stats.batches == batches + 2
         assert isinstance(second[1], EngineFlagged)
