@@ -32,9 +32,11 @@ SHUTDOWN_GRACE = 10.0
 """Seconds a stopping bot waits for running jobs before leaving them to the next start."""
 
 EXTENSIONS = (
+    # before the presenter, which imports it: load_extension executes a module afresh, so loaded later
+    # it would be a second copy, and the buttons the presenter renders would dispatch to the first one
+    "cogs.buttons",
     "cogs.presenter",
     "cogs.imagine",
-    "cogs.buttons",
     "cogs.account",
     "cogs.preferences",
     "cogs.admin",

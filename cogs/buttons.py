@@ -21,8 +21,13 @@ action     button                 job it makes (kind / engine operation)
 =========  =====================  ==========================================================
 
 Buttons of a single image carry no tile (the image is index 0). The remix modal's ``custom_id`` is
-``ib:m:<action>:<job id>[:<tile>]``. Used buttons are shown coloured (primary for U/V/🔄, green for the
-single-image buttons), as Midjourney does; which are used is read from the parent's child jobs.
+``ib:m:<action>:<job id>[:<tile>]`` and its text input's is ``prompt``, so a submit carries everything
+too: discord.py hands a submit only to a ``Modal`` object it still holds, so ``ResultsCog`` also listens
+to ``on_interaction`` and handles our modal submits that no live modal took (after a restart, or once the
+modal timed out). Both routes run ``handle_remix_submit``, which takes each interaction once.
+
+Used buttons are shown coloured (primary for U/V/🔄, green for the single-image buttons), as Midjourney
+does; which are used is read from the parent's child jobs.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ import io
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -53,6 +60,10 @@ LOOKUP_TIMEOUT = 0.75
 DEDUPE_SECONDS = 10.0
 """A second click of the same button by the same user within this time (or while the first job is
 still live) makes no new job."""
+
+MODAL_TIMEOUT = 15 * 60.0
+"""Seconds discord.py keeps a sent remix modal in memory: Discord's interaction lifetime. A submit after
+that (or after a restart) is handled from its ``custom_id`` alone, so this only bounds memory."""
 
 NOT_YOUR_JOB = "That is not your job: only the person who ran it (or an admin) can use its buttons."
 ALREADY_WORKING = "I'm already working on that one; the result will appear in its own message."
@@ -102,6 +113,10 @@ UPSCALED_ROWS = (("vs", "vx", "f"),)
 
 def custom_id_for(action: str, job_id: str, tile: int | None = None) -> str:
     return f"ib:{action}:{job_id}" + (f":{tile}" if tile is not None else "")
+
+
+def remix_custom_id(action: str, job_id: str, tile: int | None = None) -> str:
+    return "ib:m:" + custom_id_for(action, job_id, tile)[3:]
 
 
 def used_key(action: str, tile: int | None) -> str:
@@ -389,39 +404,93 @@ async def _mark_used(bot: discord.Client, interaction: discord.Interaction, pare
 
 # -- Remix mode ---------------------------------------------------------------------------------------
 
+_REMIX_ID = re.compile(rf"ib:m:(?P<action>{_ACTION_PATTERN}):(?P<job>[0-9a-f]{{32}})(?::(?P<tile>[0-3]))?")
+_REMIX_INPUT = "prompt"
+_HANDLED = "imaginebot.remix-submit-handled"
+"""Key in ``Interaction.extras``: the live modal and the ``on_interaction`` listener see the same object."""
+
+
+@dataclass(frozen=True)
+class RemixSubmit:
+    """What a remix modal's submit says: which button of which job, and the edited prompt."""
+
+    action: str
+    job_id: str
+    tile: int | None
+    text: str
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any] | None) -> RemixSubmit | None:
+        """From a modal submit's ``interaction.data``; None when the modal is not one of ours."""
+        match = _REMIX_ID.fullmatch(str((data or {}).get("custom_id", "")))
+        if match is None or not ACTIONS[match["action"]].remixable:
+            return None
+        text = _input_value(data.get("components", []) if data else [], _REMIX_INPUT)
+        tile = match["tile"]
+        return cls(match["action"], match["job"], int(tile) if tile is not None else None, text or "")
+
+
+def _input_value(components: Any, custom_id: str) -> str | None:
+    """The submitted value of a modal's text input, in an action row (type 1) or a label (type 18)."""
+    for component in components if isinstance(components, list) else []:
+        if not isinstance(component, dict):
+            continue
+        if component.get("custom_id") == custom_id and "value" in component:
+            return str(component["value"])
+        nested = component.get("components") or ([component["component"]] if "component" in component else [])
+        found = _input_value(nested, custom_id)
+        if found is not None:
+            return found
+    return None
+
 
 class RemixModal(discord.ui.Modal):
-    """Remix mode: edit the prompt before a variation or reroll; the submit makes the job."""
+    """Remix mode: edit the prompt before a variation or reroll; the submit makes the job.
+
+    Its ``custom_id`` and text input carry everything the submit needs, so the submit is handled the same
+    whether discord.py still holds this object or not (see ``ResultsCog.on_interaction``).
+    """
 
     def __init__(self, parent: Job, action: str, tile: int | None) -> None:
         super().__init__(
-            title="Remix prompt", timeout=900, custom_id=f"ib:m:{custom_id_for(action, parent.id, tile)[3:]}"
+            title="Remix prompt", timeout=MODAL_TIMEOUT, custom_id=remix_custom_id(action, parent.id, tile)
         )
-        self.parent, self.action, self.tile = parent, action, tile
         self.prompt: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
             label="New prompt",
             style=discord.TextStyle.paragraph,
-            custom_id="prompt",
+            custom_id=_REMIX_INPUT,
             default=str(parent.params.get("display", parent.prompt))[:1000],
             max_length=1000,
         )
         self.add_item(self.prompt)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        bot = interaction.client
-        try:
-            parent = await asyncio.wait_for(bot.jobs.repo.find(self.parent.id), LOOKUP_TIMEOUT)  # type: ignore[attr-defined]
-        except TimeoutError:
-            await interaction.response.send_message("The bot is busy; try again.", ephemeral=True)
-            return
-        refusal = _refusal(bot, interaction.user, parent)
-        if refusal:
-            await interaction.response.send_message(refusal, ephemeral=True)
-            return
-        assert parent is not None
-        await _submit_child(
-            interaction, parent, ACTIONS[self.action], self.tile, remix_text=self.prompt.value
-        )
+        await handle_remix_submit(interaction)
+
+
+async def handle_remix_submit(interaction: discord.Interaction) -> bool:
+    """Make the remixed job of a remix modal's submit; False if it is not ours or was taken already.
+
+    The live ``RemixModal`` and the ``on_interaction`` listener both call this for a submit while the
+    modal is in memory; the first one takes it (a flag in ``interaction.extras``), so it runs once.
+    """
+    submit = RemixSubmit.parse(interaction.data)  # type: ignore[arg-type]
+    if submit is None or interaction.extras.get(_HANDLED):
+        return False
+    interaction.extras[_HANDLED] = True
+    bot = interaction.client
+    try:
+        parent = await asyncio.wait_for(bot.jobs.repo.find(submit.job_id), LOOKUP_TIMEOUT)  # type: ignore[attr-defined]
+    except TimeoutError:
+        await interaction.response.send_message("The bot is busy; try again.", ephemeral=True)
+        return True
+    refusal = _refusal(bot, interaction.user, parent)
+    if refusal:
+        await interaction.response.send_message(refusal, ephemeral=True)
+        return True
+    assert parent is not None
+    await _submit_child(interaction, parent, ACTIONS[submit.action], submit.tile, remix_text=submit.text)
+    return True
 
 
 # -- /show --------------------------------------------------------------------------------------------
@@ -432,6 +501,12 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 class ResultsCog(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """Remix modal submits that no live ``RemixModal`` took: after a restart or its timeout."""
+        if interaction.type is discord.InteractionType.modal_submit:
+            await handle_remix_submit(interaction)
 
     @app_commands.command(name="show", description="Bring back one of your results with fresh buttons")
     @app_commands.describe(job_id="The job id (from /info or the result's buttons)")
