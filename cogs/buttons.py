@@ -27,7 +27,8 @@ to ``on_interaction`` and handles our modal submits that no live modal took (aft
 modal timed out). Both routes run ``handle_remix_submit``, which takes each interaction once.
 
 Used buttons are shown coloured (primary for U/V/🔄, green for the single-image buttons), as Midjourney
-does; which are used is read from the parent's child jobs.
+does; which are used is read from the parent's child jobs. ``ButtonMarker`` makes those edits: coalesced
+per message and paced by the bot's shared ``EditBudget`` as low-priority edits.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.edit_budget import EditBudget
 from bot.prompt import PromptError, parse_prompt
 from cogs.submitting import submit_job
 from engine.base import Operation
@@ -64,6 +66,13 @@ still live) makes no new job."""
 MODAL_TIMEOUT = 15 * 60.0
 """Seconds discord.py keeps a sent remix modal in memory: Discord's interaction lifetime. A submit after
 that (or after a restart) is handled from its ``custom_id`` alone, so this only bounds memory."""
+MARK_DELAY = 1.0
+"""Seconds at least between a click and the edit that colours its button (and between two such edits
+of one message): clicks in a burst share one edit."""
+MARK_ATTEMPTS = 3
+"""Tries for one mark edit that Discord answered with an error other than 403/404."""
+MARK_FLUSH_TIMEOUT = 3.0
+"""Seconds a stopping bot gives the marks still waiting (sent at once, without the budget)."""
 
 NOT_YOUR_JOB = "That is not your job: only the person who ran it (or an admin) can use its buttons."
 ALREADY_WORKING = "I'm already working on that one; the result will appear in its own message."
@@ -309,9 +318,7 @@ async def _submit_child(
     finally:
         _dedupe.done(key, made)
     if made:
-        task = asyncio.create_task(_mark_used(bot, interaction, parent))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        _mark_used(interaction, parent)
 
 
 def _operation_value(spec: Action) -> str | None:
@@ -366,40 +373,99 @@ async def _favourite(interaction: discord.Interaction, job: Job | None) -> None:
 
 # -- marking used buttons -----------------------------------------------------------------------------
 
-_background: set[asyncio.Task[None]] = set()
-_mark_locks: dict[int, asyncio.Lock] = {}
-_mark_waiting: set[int] = set()
+
+@dataclass
+class _Mark:
+    channel_id: int
+    parent: Job
+    attempts: int = 0
 
 
-async def _mark_used(bot: discord.Client, interaction: discord.Interaction, parent: Job) -> None:
-    """Colour the used buttons on the clicked message: a separate edit after the click was answered.
+class ButtonMarker:
+    """Colours the used buttons of result messages: low-priority edits through the shared budget.
 
-    Edits of one message are serialized, and clicks that arrive while one waits share its edit (it
-    reads every used button when it runs), so a burst of clicks costs at most two edits.
+    ``mark()`` never waits. Per message at most one edit is in flight and one request waits; the waiting
+    request is replaced by newer ones and reads the used buttons from the database when it is sent, so a
+    burst of clicks costs one edit (two if clicks keep coming while it is sent). Each edit first waits
+    ``MARK_DELAY`` (or the budget's per-message interval, when load has stretched it), then a spare slot of
+    the budget in the message's channel (these are channel-message edits), so it never delays a
+    progress edit. A failed edit is retried; ``close()`` sends what is still waiting when the bot stops.
     """
-    message = interaction.message
-    if message is None and parent.channel_id and parent.message_id:
-        message = bot.get_partial_messageable(parent.channel_id).get_partial_message(parent.message_id)  # type: ignore[assignment]
-    if message is None or message.id in _mark_waiting:
-        return
-    _mark_waiting.add(message.id)
-    lock = _mark_locks.setdefault(message.id, asyncio.Lock())
-    try:
-        async with lock:
-            _mark_waiting.discard(message.id)
-            results = _results(bot)
-            children = await results.children(parent.id)
+
+    def __init__(self, bot: discord.Client, budget: EditBudget, *, delay: float = MARK_DELAY) -> None:
+        self.bot = bot
+        self.budget = budget
+        self.delay = delay
+        self._pending: dict[int, _Mark] = {}  # message id -> the newest request
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.edits = 0
+
+    def mark(self, channel_id: int, message_id: int, parent: Job) -> None:
+        self._pending[message_id] = _Mark(channel_id, parent)
+        if message_id not in self._tasks:
+            self._tasks[message_id] = asyncio.create_task(
+                self._run(message_id), name=f"mark-buttons-{message_id}"
+            )
+
+    async def _run(self, message_id: int) -> None:
+        try:
+            while message_id in self._pending:
+                await asyncio.sleep(max(self.delay, self.budget.interval()))
+                await self.budget.acquire_spare(channel=self._pending[message_id].channel_id)
+                mark = self._pending[message_id]  # the newest request, after the waits
+                done = await self._send(message_id, mark)
+                if self._pending.get(message_id) is mark and (done or mark.attempts >= MARK_ATTEMPTS):
+                    del self._pending[message_id]  # (a click during the edit leaves a newer one)
+        finally:
+            self._tasks.pop(message_id, None)
+
+    async def _send(self, message_id: int, mark: _Mark) -> bool:
+        """One edit with the used buttons as the database has them now; False: worth another try."""
+        parent = mark.parent
+        try:
+            children = await _results(self.bot).children(parent.id)
             used = {key for key in map(action_of, children) if key is not None}
-            images = await bot.jobs.repo.images(parent.id)  # type: ignore[attr-defined]
+            images = await self.bot.jobs.repo.images(parent.id)  # type: ignore[attr-defined]
+            message = self.bot.get_partial_messageable(mark.channel_id).get_partial_message(message_id)
             await message.edit(view=result_view(parent, len(images), used))
-    except discord.HTTPException:
-        log.info("job %s: could not mark its used buttons", parent.id, exc_info=True)
-    except Exception:
-        log.exception("job %s: marking used buttons failed", parent.id)
-    finally:
-        _mark_waiting.discard(message.id)
-        if not lock.locked():
-            _mark_locks.pop(message.id, None)
+        except (discord.NotFound, discord.Forbidden):
+            log.info("job %s: message %s can no longer be marked", parent.id, message_id)
+        except Exception:
+            mark.attempts += 1
+            log.warning(
+                "job %s: marking used buttons failed (try %d)", parent.id, mark.attempts, exc_info=True
+            )
+            return False
+        else:
+            self.edits += 1
+        return True
+
+    async def close(self, timeout: float = MARK_FLUSH_TIMEOUT) -> None:
+        """Stop waiting: send every pending mark now (for up to ``timeout`` seconds), then forget them."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        pending, self._pending = self._pending, {}
+        sends = [asyncio.create_task(self._send(mid, mark)) for mid, mark in pending.items()]
+        if sends:
+            _, late = await asyncio.wait(sends, timeout=timeout)
+            for send in late:
+                send.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+
+def _mark_used(interaction: discord.Interaction, parent: Job) -> None:
+    """Have the clicked message (or, without one, the parent's message) show the used buttons."""
+    get_cog = getattr(interaction.client, "get_cog", None)
+    marker: ButtonMarker | None = getattr(get_cog("ResultsCog") if get_cog else None, "marker", None)
+    if marker is None:
+        return
+    message = interaction.message
+    if message is not None:
+        marker.mark(message.channel.id, message.id, parent)
+    elif parent.channel_id and parent.message_id:
+        marker.mark(parent.channel_id, parent.message_id, parent)
 
 
 # -- Remix mode ---------------------------------------------------------------------------------------
@@ -501,6 +567,10 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 class ResultsCog(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
+        self.marker = ButtonMarker(bot, bot.edit_budget)  # type: ignore[attr-defined]
+
+    async def cog_unload(self) -> None:
+        await self.marker.close()
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction) -> None:

@@ -292,3 +292,41 @@ async def test_a_live_remix_modal_makes_one_job_per_submit(emu, tiny_model_dir, 
         await emu.wait_for(lambda: all_terminal(bot), timeout=15, what="all jobs to finish")
     assert all(len(ix.responses) == 1 and not ix.rejected for ix in emu.interactions())
     emu.assert_clean()
+
+
+async def test_a_burst_of_clicks_is_marked_with_few_edits_within_the_budget(emu, tiny_model_dir, tmp_path):
+    """U1–U4 and 🔄 of one grid and U1–U4 of another clicked at once (U jobs need no engine, so the test
+    stays quick): each grid is edited once or twice to show its used buttons, and the marks take the
+    shared budget's slots (its channel bucket spaces them)."""
+    async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu) as runner:
+        bot = runner.bot
+        await bot.accounts.update(emu.default_user.id, tier="pro")  # room for all the clicks' jobs
+        first = await grid_of(emu, "a red fox --seed 1")
+        second = await grid_of(emu, "a blue fox --seed 2")
+        wanted = {first.id: first.custom_ids()[:5], second.id: second.custom_ids()[:4]}
+        clicks = await asyncio.gather(*(emu.click(m, c) for m, ids in wanted.items() for c in ids))
+        for ix in clicks:
+            assert await ix.wait_for_response(3) == DEFERRED
+
+        def marked() -> bool:
+            return all(styles(emu.get_message(m))[c] == PRIMARY for m, ids in wanted.items() for c in ids)
+
+        await emu.wait_for(marked, timeout=30, what="every clicked button marked")
+        assert styles(emu.get_message(second.id))[second.custom_ids()[4]] == SECONDARY  # 🔄 not clicked
+        assert styles(emu.get_message(first.id))[first.custom_ids()[5]] == SECONDARY  # nor V1
+        await emu.wait_for(lambda: all_terminal(bot), timeout=30, what="all jobs to finish")
+
+    channel_edits = {
+        m: [
+            r.time
+            for r in emu.requests
+            if r.method == "PATCH" and r.path.endswith(f"/{m}") and "/channels/" in r.path
+        ]
+        for m in wanted
+    }
+    assert all(1 <= len(times) <= 2 for times in channel_edits.values()), channel_edits
+    times = sorted(t for ts in channel_edits.values() for t in ts)
+    period = 1 / bot.edit_budget.channel_rate
+    assert all(b - a >= period - 0.15 for a, b in zip(times, times[1:], strict=False)), times
+    assert emu.rate_limit_hits == []
+    emu.assert_clean()
