@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import discord
 from discord.ext import commands
 
+from bot.edit_budget import EditBudget
 from bot.jobs import JobDefaults, JobService, Timeouts
 from bot.moderator import Moderator
 from bot.quotas import QuotaService
@@ -31,9 +32,11 @@ SHUTDOWN_GRACE = 10.0
 """Seconds a stopping bot waits for running jobs before leaving them to the next start."""
 
 EXTENSIONS = (
+    # before the presenter, which imports it: load_extension executes a module afresh, so loaded later
+    # it would be a second copy, and the buttons the presenter renders would dispatch to the first one
+    "cogs.buttons",
     "cogs.presenter",
     "cogs.imagine",
-    "cogs.buttons",
     "cogs.account",
     "cogs.preferences",
     "cogs.admin",
@@ -72,6 +75,10 @@ class ImagineBot(commands.Bot):
             max_wait={"relax": settings.relax_max_wait},
             clock=lambda: self.now().timestamp(),
         )
+        self.edit_budget = EditBudget(
+            settings.progress_edits_per_second, min_interval=settings.progress_edit_interval
+        )
+        """Every edit of an existing message that may wait: progress edits and used-button marks."""
         self.database: Database | None = None
         self.jobs: JobService
         self._close_lock = asyncio.Lock()

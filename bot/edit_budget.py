@@ -27,6 +27,11 @@ The budget therefore has three parts:
 Results and failures never pass through the budget: they are sent directly (they are rare, and
 discord.py's own bucket tracking paces them), so they never wait behind progress edits.
 
+Low-priority edits (colouring a result's used buttons, cogs/buttons.py) use ``acquire_spare``: they wait
+until a slot would be free at once — globally and in their channel — so they never push back a progress
+edit that already booked one, and after ``patience`` seconds they book like any edit, so they still go
+out under sustained load.
+
 ``reserve_*`` are pure bookkeeping on an injectable clock (what unit tests drive); ``acquire`` sleeps
 until the booked slot. A booked slot that is not used (the job finished meanwhile) is simply lost, which
 only makes the budget more conservative.
@@ -44,6 +49,8 @@ DEFAULT_BURST = 10
 """First progress edits that may go out at once."""
 DEFAULT_CHANNEL_RATE = 0.5
 """Progress edits of channel messages per second per channel (Discord: 5 per 5 s per channel)."""
+DEFAULT_PATIENCE = 10.0
+"""Seconds a low-priority edit waits for spare room before it books a slot like any other edit."""
 
 
 class _Gcra:
@@ -122,6 +129,15 @@ class EditBudget:
                 del self._channels[key]
         return max(0.0, at - now)
 
+    def backlog(self, channel: Hashable | None = None) -> float:
+        """Seconds a slot booked now would wait (globally, and in ``channel``'s bucket if given); 0: none."""
+        now = self.clock()
+        waits = [self._global.tat - now]
+        gcra = self._channels.get(channel) if channel is not None else None
+        if gcra is not None:
+            waits.append(gcra.tat - now)
+        return max(0.0, *waits)
+
     async def acquire(self, *, first: bool = False, channel: Hashable | None = None) -> None:
         """Wait for a channel slot (if the edit is of a channel message), then for a global slot.
 
@@ -131,6 +147,19 @@ class EditBudget:
         if channel is not None:
             await _sleep(self.reserve_channel(channel))
         await _sleep(self.reserve_global(first=first))
+
+    async def acquire_spare(
+        self, *, channel: Hashable | None = None, patience: float = DEFAULT_PATIENCE
+    ) -> None:
+        """A low-priority slot: wait while other edits have booked ahead (for at most ``patience`` s),
+        then book one as ``acquire`` does (no burst)."""
+        deadline = self.clock() + patience
+        while True:
+            wait = min(self.backlog(channel), deadline - self.clock())
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)  # a booked slot has no event to wait on: its time is known
+        await self.acquire(channel=channel)
 
 
 async def _sleep(seconds: float) -> None:

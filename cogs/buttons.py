@@ -21,8 +21,14 @@ action     button                 job it makes (kind / engine operation)
 =========  =====================  ==========================================================
 
 Buttons of a single image carry no tile (the image is index 0). The remix modal's ``custom_id`` is
-``ib:m:<action>:<job id>[:<tile>]``. Used buttons are shown coloured (primary for U/V/🔄, green for the
-single-image buttons), as Midjourney does; which are used is read from the parent's child jobs.
+``ib:m:<action>:<job id>[:<tile>]`` and its text input's is ``prompt``, so a submit carries everything
+too: discord.py hands a submit only to a ``Modal`` object it still holds, so ``ResultsCog`` also listens
+to ``on_interaction`` and handles our modal submits that no live modal took (after a restart, or once the
+modal timed out). Both routes run ``handle_remix_submit``, which takes each interaction once.
+
+Used buttons are shown coloured (primary for U/V/🔄, green for the single-image buttons), as Midjourney
+does; which are used is read from the parent's child jobs. ``ButtonMarker`` makes those edits: coalesced
+per message and paced by the bot's shared ``EditBudget`` as low-priority edits.
 """
 
 from __future__ import annotations
@@ -32,13 +38,16 @@ import io
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.edit_budget import EditBudget
 from bot.prompt import PromptError, parse_prompt
 from cogs.submitting import submit_job
 from engine.base import Operation
@@ -53,6 +62,17 @@ LOOKUP_TIMEOUT = 0.75
 DEDUPE_SECONDS = 10.0
 """A second click of the same button by the same user within this time (or while the first job is
 still live) makes no new job."""
+
+MODAL_TIMEOUT = 15 * 60.0
+"""Seconds discord.py keeps a sent remix modal in memory: Discord's interaction lifetime. A submit after
+that (or after a restart) is handled from its ``custom_id`` alone, so this only bounds memory."""
+MARK_DELAY = 1.0
+"""Seconds at least between a click and the edit that colours its button (and between two such edits
+of one message): clicks in a burst share one edit."""
+MARK_ATTEMPTS = 3
+"""Tries for one mark edit that Discord answered with an error other than 403/404."""
+MARK_FLUSH_TIMEOUT = 3.0
+"""Seconds a stopping bot gives the marks still waiting (sent at once, without the budget)."""
 
 NOT_YOUR_JOB = "That is not your job: only the person who ran it (or an admin) can use its buttons."
 ALREADY_WORKING = "I'm already working on that one; the result will appear in its own message."
@@ -102,6 +122,10 @@ UPSCALED_ROWS = (("vs", "vx", "f"),)
 
 def custom_id_for(action: str, job_id: str, tile: int | None = None) -> str:
     return f"ib:{action}:{job_id}" + (f":{tile}" if tile is not None else "")
+
+
+def remix_custom_id(action: str, job_id: str, tile: int | None = None) -> str:
+    return "ib:m:" + custom_id_for(action, job_id, tile)[3:]
 
 
 def used_key(action: str, tile: int | None) -> str:
@@ -294,9 +318,7 @@ async def _submit_child(
     finally:
         _dedupe.done(key, made)
     if made:
-        task = asyncio.create_task(_mark_used(bot, interaction, parent))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        _mark_used(interaction, parent)
 
 
 def _operation_value(spec: Action) -> str | None:
@@ -351,77 +373,190 @@ async def _favourite(interaction: discord.Interaction, job: Job | None) -> None:
 
 # -- marking used buttons -----------------------------------------------------------------------------
 
-_background: set[asyncio.Task[None]] = set()
-_mark_locks: dict[int, asyncio.Lock] = {}
-_mark_waiting: set[int] = set()
+
+@dataclass
+class _Mark:
+    channel_id: int
+    parent: Job
+    attempts: int = 0
 
 
-async def _mark_used(bot: discord.Client, interaction: discord.Interaction, parent: Job) -> None:
-    """Colour the used buttons on the clicked message: a separate edit after the click was answered.
+class ButtonMarker:
+    """Colours the used buttons of result messages: low-priority edits through the shared budget.
 
-    Edits of one message are serialized, and clicks that arrive while one waits share its edit (it
-    reads every used button when it runs), so a burst of clicks costs at most two edits.
+    ``mark()`` never waits. Per message at most one edit is in flight and one request waits; the waiting
+    request is replaced by newer ones and reads the used buttons from the database when it is sent, so a
+    burst of clicks costs one edit (two if clicks keep coming while it is sent). Each edit first waits
+    ``MARK_DELAY`` (or the budget's per-message interval, when load has stretched it), then a spare slot of
+    the budget in the message's channel (these are channel-message edits), so it never delays a
+    progress edit. A failed edit is retried; ``close()`` sends what is still waiting when the bot stops.
     """
-    message = interaction.message
-    if message is None and parent.channel_id and parent.message_id:
-        message = bot.get_partial_messageable(parent.channel_id).get_partial_message(parent.message_id)  # type: ignore[assignment]
-    if message is None or message.id in _mark_waiting:
-        return
-    _mark_waiting.add(message.id)
-    lock = _mark_locks.setdefault(message.id, asyncio.Lock())
-    try:
-        async with lock:
-            _mark_waiting.discard(message.id)
-            results = _results(bot)
-            children = await results.children(parent.id)
+
+    def __init__(self, bot: discord.Client, budget: EditBudget, *, delay: float = MARK_DELAY) -> None:
+        self.bot = bot
+        self.budget = budget
+        self.delay = delay
+        self._pending: dict[int, _Mark] = {}  # message id -> the newest request
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.edits = 0
+
+    def mark(self, channel_id: int, message_id: int, parent: Job) -> None:
+        self._pending[message_id] = _Mark(channel_id, parent)
+        if message_id not in self._tasks:
+            self._tasks[message_id] = asyncio.create_task(
+                self._run(message_id), name=f"mark-buttons-{message_id}"
+            )
+
+    async def _run(self, message_id: int) -> None:
+        try:
+            while message_id in self._pending:
+                await asyncio.sleep(max(self.delay, self.budget.interval()))
+                await self.budget.acquire_spare(channel=self._pending[message_id].channel_id)
+                mark = self._pending[message_id]  # the newest request, after the waits
+                done = await self._send(message_id, mark)
+                if self._pending.get(message_id) is mark and (done or mark.attempts >= MARK_ATTEMPTS):
+                    del self._pending[message_id]  # (a click during the edit leaves a newer one)
+        finally:
+            self._tasks.pop(message_id, None)
+
+    async def _send(self, message_id: int, mark: _Mark) -> bool:
+        """One edit with the used buttons as the database has them now; False: worth another try."""
+        parent = mark.parent
+        try:
+            children = await _results(self.bot).children(parent.id)
             used = {key for key in map(action_of, children) if key is not None}
-            images = await bot.jobs.repo.images(parent.id)  # type: ignore[attr-defined]
+            images = await self.bot.jobs.repo.images(parent.id)  # type: ignore[attr-defined]
+            message = self.bot.get_partial_messageable(mark.channel_id).get_partial_message(message_id)
             await message.edit(view=result_view(parent, len(images), used))
-    except discord.HTTPException:
-        log.info("job %s: could not mark its used buttons", parent.id, exc_info=True)
-    except Exception:
-        log.exception("job %s: marking used buttons failed", parent.id)
-    finally:
-        _mark_waiting.discard(message.id)
-        if not lock.locked():
-            _mark_locks.pop(message.id, None)
+        except (discord.NotFound, discord.Forbidden):
+            log.info("job %s: message %s can no longer be marked", parent.id, message_id)
+        except Exception:
+            mark.attempts += 1
+            log.warning(
+                "job %s: marking used buttons failed (try %d)", parent.id, mark.attempts, exc_info=True
+            )
+            return False
+        else:
+            self.edits += 1
+        return True
+
+    async def close(self, timeout: float = MARK_FLUSH_TIMEOUT) -> None:
+        """Stop waiting: send every pending mark now (for up to ``timeout`` seconds), then forget them."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        pending, self._pending = self._pending, {}
+        sends = [asyncio.create_task(self._send(mid, mark)) for mid, mark in pending.items()]
+        if sends:
+            _, late = await asyncio.wait(sends, timeout=timeout)
+            for send in late:
+                send.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+
+def _mark_used(interaction: discord.Interaction, parent: Job) -> None:
+    """Have the clicked message (or, without one, the parent's message) show the used buttons."""
+    get_cog = getattr(interaction.client, "get_cog", None)
+    marker: ButtonMarker | None = getattr(get_cog("ResultsCog") if get_cog else None, "marker", None)
+    if marker is None:
+        return
+    message = interaction.message
+    if message is not None:
+        marker.mark(message.channel.id, message.id, parent)
+    elif parent.channel_id and parent.message_id:
+        marker.mark(parent.channel_id, parent.message_id, parent)
 
 
 # -- Remix mode ---------------------------------------------------------------------------------------
 
+_REMIX_ID = re.compile(rf"ib:m:(?P<action>{_ACTION_PATTERN}):(?P<job>[0-9a-f]{{32}})(?::(?P<tile>[0-3]))?")
+_REMIX_INPUT = "prompt"
+_HANDLED = "imaginebot.remix-submit-handled"
+"""Key in ``Interaction.extras``: the live modal and the ``on_interaction`` listener see the same object."""
+
+
+@dataclass(frozen=True)
+class RemixSubmit:
+    """What a remix modal's submit says: which button of which job, and the edited prompt."""
+
+    action: str
+    job_id: str
+    tile: int | None
+    text: str
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any] | None) -> RemixSubmit | None:
+        """From a modal submit's ``interaction.data``; None when the modal is not one of ours."""
+        match = _REMIX_ID.fullmatch(str((data or {}).get("custom_id", "")))
+        if match is None or not ACTIONS[match["action"]].remixable:
+            return None
+        text = _input_value(data.get("components", []) if data else [], _REMIX_INPUT)
+        tile = match["tile"]
+        return cls(match["action"], match["job"], int(tile) if tile is not None else None, text or "")
+
+
+def _input_value(components: Any, custom_id: str) -> str | None:
+    """The submitted value of a modal's text input, in an action row (type 1) or a label (type 18)."""
+    for component in components if isinstance(components, list) else []:
+        if not isinstance(component, dict):
+            continue
+        if component.get("custom_id") == custom_id and "value" in component:
+            return str(component["value"])
+        nested = component.get("components") or ([component["component"]] if "component" in component else [])
+        found = _input_value(nested, custom_id)
+        if found is not None:
+            return found
+    return None
+
 
 class RemixModal(discord.ui.Modal):
-    """Remix mode: edit the prompt before a variation or reroll; the submit makes the job."""
+    """Remix mode: edit the prompt before a variation or reroll; the submit makes the job.
+
+    Its ``custom_id`` and text input carry everything the submit needs, so the submit is handled the same
+    whether discord.py still holds this object or not (see ``ResultsCog.on_interaction``).
+    """
 
     def __init__(self, parent: Job, action: str, tile: int | None) -> None:
         super().__init__(
-            title="Remix prompt", timeout=900, custom_id=f"ib:m:{custom_id_for(action, parent.id, tile)[3:]}"
+            title="Remix prompt", timeout=MODAL_TIMEOUT, custom_id=remix_custom_id(action, parent.id, tile)
         )
-        self.parent, self.action, self.tile = parent, action, tile
         self.prompt: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
             label="New prompt",
             style=discord.TextStyle.paragraph,
-            custom_id="prompt",
+            custom_id=_REMIX_INPUT,
             default=str(parent.params.get("display", parent.prompt))[:1000],
             max_length=1000,
         )
         self.add_item(self.prompt)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        bot = interaction.client
-        try:
-            parent = await asyncio.wait_for(bot.jobs.repo.find(self.parent.id), LOOKUP_TIMEOUT)  # type: ignore[attr-defined]
-        except TimeoutError:
-            await interaction.response.send_message("The bot is busy; try again.", ephemeral=True)
-            return
-        refusal = _refusal(bot, interaction.user, parent)
-        if refusal:
-            await interaction.response.send_message(refusal, ephemeral=True)
-            return
-        assert parent is not None
-        await _submit_child(
-            interaction, parent, ACTIONS[self.action], self.tile, remix_text=self.prompt.value
-        )
+        await handle_remix_submit(interaction)
+
+
+async def handle_remix_submit(interaction: discord.Interaction) -> bool:
+    """Make the remixed job of a remix modal's submit; False if it is not ours or was taken already.
+
+    The live ``RemixModal`` and the ``on_interaction`` listener both call this for a submit while the
+    modal is in memory; the first one takes it (a flag in ``interaction.extras``), so it runs once.
+    """
+    submit = RemixSubmit.parse(interaction.data)  # type: ignore[arg-type]
+    if submit is None or interaction.extras.get(_HANDLED):
+        return False
+    interaction.extras[_HANDLED] = True
+    bot = interaction.client
+    try:
+        parent = await asyncio.wait_for(bot.jobs.repo.find(submit.job_id), LOOKUP_TIMEOUT)  # type: ignore[attr-defined]
+    except TimeoutError:
+        await interaction.response.send_message("The bot is busy; try again.", ephemeral=True)
+        return True
+    refusal = _refusal(bot, interaction.user, parent)
+    if refusal:
+        await interaction.response.send_message(refusal, ephemeral=True)
+        return True
+    assert parent is not None
+    await _submit_child(interaction, parent, ACTIONS[submit.action], submit.tile, remix_text=submit.text)
+    return True
 
 
 # -- /show --------------------------------------------------------------------------------------------
@@ -432,6 +567,16 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 class ResultsCog(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
+        self.marker = ButtonMarker(bot, bot.edit_budget)  # type: ignore[attr-defined]
+
+    async def cog_unload(self) -> None:
+        await self.marker.close()
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """Remix modal submits that no live ``RemixModal`` took: after a restart or its timeout."""
+        if interaction.type is discord.InteractionType.modal_submit:
+            await handle_remix_submit(interaction)
 
     @app_commands.command(name="show", description="Bring back one of your results with fresh buttons")
     @app_commands.describe(job_id="The job id (from /info or the result's buttons)")

@@ -5,9 +5,10 @@ after that, or if the message is gone, a normal channel message takes over and t
 so later edits (and a restarted bot) use it. Edits of one job are serialized and only ever move
 forward (waiting → progress → final), so a slow progress edit can never overwrite the result.
 
-Progress edits of all jobs share one ``EditBudget`` (bot/edit_budget.py): a global rate, a per-channel
-rate for channel-message edits, and a per-message interval that grows with the number of running jobs.
-The waiting text, results and failures do not wait for the budget.
+Progress edits of all jobs share the bot's ``EditBudget`` (bot/edit_budget.py): a global rate, a
+per-channel rate for channel-message edits, and a per-message interval that grows with the number of
+running jobs. The used-button marks (cogs/buttons.py) take low-priority slots of the same budget. The
+waiting text, results and failures do not wait for the budget.
 """
 
 from __future__ import annotations
@@ -267,5 +268,6 @@ def _aware(moment: datetime) -> datetime:
 
 async def setup(bot: commands.Bot) -> None:
     settings = bot.settings  # type: ignore[attr-defined]
-    budget = EditBudget(settings.progress_edits_per_second, min_interval=settings.progress_edit_interval)
+    # the bot's budget: progress edits share it with the used-button marks (cogs/buttons.py)
+    budget = bot.edit_budget  # type: ignore[attr-defined]
     bot.jobs.presenter = DiscordPresenter(bot, settings.progress_edit_interval, now=bot.now, budget=budget)  # type: ignore[attr-defined]

@@ -410,10 +410,22 @@ class DiscordEmulator:
         user: User | None = None,
         connect_timeout: float = 5.0,
     ) -> Interaction:
-        """Dispatch INTERACTION_CREATE type 5 answering the modal the bot sent to ``modal_interaction``."""
+        """Dispatch INTERACTION_CREATE type 5 answering the modal the bot sent to ``modal_interaction``.
+
+        As in Discord, only the user the modal was shown to can submit it, and the modal closes once the
+        bot answers one of its submits; until then it stays open and may be submitted again (a submit
+        that got no answer in time, or a double press).
+        """
         modal = modal_interaction.modal
         if modal is None:
             raise LookupError(f"interaction {modal_interaction.id} was not answered with a modal")
+        if user is not None and user.id != modal_interaction.user_id:
+            raise ValueError(f"the modal of interaction {modal_interaction.id} was shown to another user")
+        answered = [ix.id for ix in self._interactions.values() if ix.submits == modal_interaction.id]
+        if any(self._interactions[i].responses for i in answered):
+            raise ValueError(
+                f"the modal of interaction {modal_interaction.id} is closed: the bot answered a submit of it"
+            )
         components: list[dict[str, Any]] = []
         for item in modal.get("components", []):
             if item.get("type") == 1:
@@ -441,8 +453,9 @@ class DiscordEmulator:
                 )
         data = {"custom_id": modal["custom_id"], "components": components}
         ix = self._new_interaction(
-            5, user or self._users[modal_interaction.user_id], message_id=modal_interaction.message_id
+            5, self._users[modal_interaction.user_id], message_id=modal_interaction.message_id
         )
+        ix.submits = modal_interaction.id
         return await self._dispatch_interaction(ix, data, connect_timeout)
 
     # -- message state (used by the REST handlers) ---------------------------------------------------------

@@ -146,6 +146,7 @@ class Interaction:
     response_message_id: int | None = None
     followup_ids: list[int] = field(default_factory=list)
     modal: dict[str, Any] | None = None
+    submits: int | None = None  # a modal submit: the interaction whose modal it answers
     attachment_size_limit: int = 10 * 1024 * 1024
     _acked: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 

@@ -1,15 +1,17 @@
 """The result workflow end to end: a separated image's buttons, marks, ❤️, double clicks, who may click,
-Remix mode's modal and /show — real discord.py against the emulator, the tiny model at 64 px."""
+Remix mode's modal (also across a restart) and /show — real discord.py against the emulator, the tiny
+model at 64 px."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from sqlmodel import select
 
 from storage.models import Favourite, Job
 from storage.states import JobState
-from tests.e2e.harness import bot_settings, is_final_grid, running_bot, wait_for_message
+from tests.e2e.harness import InProcessBot, bot_settings, is_final_grid, running_bot, wait_for_message
 
 MESSAGE, DEFERRED, MODAL = 4, 5, 9
 PRIMARY, SUCCESS, SECONDARY = 1, 3, 2
@@ -196,4 +198,135 @@ async def test_buttons_for_everyone(emu, tiny_model_dir, tmp_path):
         upscale = next(j for j in await all_jobs(runner.bot) if j.kind == "upscale")
         assert upscale.user_id == mallory.id
         await emu.wait_for(lambda: all_terminal(runner.bot), timeout=15, what="all jobs to finish")
+    emu.assert_clean()
+
+
+async def test_a_remix_modal_opened_before_a_restart_is_submitted_after_it(emu, tiny_model_dir, tmp_path):
+    """discord.py forgets its Modal objects with the process: the submit is handled from its custom_id,
+    with the same checks as a live modal (prompt errors, who may use the job)."""
+    admin = emu.add_user("admin")
+    user = emu.default_user
+    data = tmp_path / "data"
+    runner = InProcessBot(bot_settings(emu, tiny_model_dir, data, admin_user_ids=str(admin.id)))
+    bot = await runner.start(emu)
+    opened = {}
+    try:
+        grid = await grid_of(emu, "lighthouse at dusk --seed 3")
+        grid_id = job_id_of(grid)
+        for who in (user, admin):
+            await bot.accounts.update(who.id, remix=True)
+        for name, who, custom_id in (
+            ("reroll", user, f"ib:r:{grid_id}"),
+            ("bad", user, f"ib:v:{grid_id}:1"),
+            ("admin", admin, f"ib:v:{grid_id}:0"),  # an admin may remix anyone's job...
+        ):
+            opened[name] = await emu.click(grid.id, custom_id, user=who)
+            assert await opened[name].wait_for_response(3) == MODAL
+    finally:
+        await runner.stop()
+
+    # ...but after the restart they are not an admin any more
+    runner = InProcessBot(bot_settings(emu, tiny_model_dir, data))
+    bot = await runner.start(emu)
+    try:
+        submitted = await emu.submit_modal(opened["reroll"], {"prompt": "a castle at dawn --seed 9"})
+        assert await submitted.wait_for_response(3) == DEFERRED
+        remixed = await wait_for_message(
+            emu, lambda m: m.id == submitted.response_message_id and is_final_grid(m)
+        )
+        assert remixed.content.startswith("**a castle at dawn --seed 9** - ")
+        bad = await emu.submit_modal(opened["bad"], {"prompt": "a lighthouse --ar 0:1"})
+        assert "--ar" in await answer_of(emu, bad)
+        refused = await emu.submit_modal(opened["admin"], {"prompt": "a ship"})
+        assert "not your job" in await answer_of(emu, refused)
+
+        children = [j for j in await all_jobs(bot) if j.parent_job_id == grid_id]
+        assert [(j.kind, j.prompt, j.seed, j.user_id) for j in children] == [
+            ("reroll", "a castle at dawn", 9, user.id)
+        ]
+        await emu.wait_for(
+            lambda: styles(emu.get_message(grid.id))[f"ib:r:{grid_id}"] == PRIMARY, what="🔄 marked"
+        )
+        await emu.wait_for(lambda: all_terminal(bot), timeout=15, what="all jobs to finish")
+    finally:
+        await runner.stop()
+    assert all(len(ix.responses) == 1 for ix in emu.interactions())
+    emu.assert_clean()
+
+
+async def test_a_live_remix_modal_makes_one_job_per_submit(emu, tiny_model_dir, tmp_path, monkeypatch):
+    """While discord.py still holds the Modal, it and the ``on_interaction`` fallback both see the submit:
+    it is answered once and makes one job; a double submit makes one job too; a timed-out modal works."""
+    async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu) as runner:
+        bot, user = runner.bot, emu.default_user
+        await bot.accounts.update(user.id, remix=True)
+        grid = await grid_of(emu, "harbour at night --seed 4")
+        grid_id = job_id_of(grid)
+
+        opened = await emu.click(grid.id, f"ib:v:{grid_id}:2")
+        assert await opened.wait_for_response(3) == MODAL
+        first, second = await asyncio.gather(
+            emu.submit_modal(opened, {"prompt": "harbour at dawn"}),
+            emu.submit_modal(opened, {"prompt": "harbour at dawn"}),  # a double press of Submit
+        )
+        responses = sorted([await first.wait_for_response(3), await second.wait_for_response(3)])
+        assert responses == [MESSAGE, DEFERRED]
+        late = first if first.responses[0] == MESSAGE else second
+        assert "already working" in emu.get_message(late.response_message_id).content
+        made = second if late is first else first
+        await wait_for_message(emu, lambda m: m.id == made.response_message_id and is_final_grid(m))
+
+        # a modal discord.py has dropped (its timeout passed) is still handled from its custom_id
+        monkeypatch.setattr(sys.modules["cogs.buttons"], "MODAL_TIMEOUT", 0.1)  # the loaded extension
+        opened = await emu.click(grid.id, f"ib:v:{grid_id}:3")
+        assert await opened.wait_for_response(3) == MODAL
+        await asyncio.sleep(0.5)
+        submitted = await emu.submit_modal(opened, {"prompt": "harbour in fog"})
+        assert await submitted.wait_for_response(3) == DEFERRED
+        await wait_for_message(emu, lambda m: m.id == submitted.response_message_id and is_final_grid(m))
+
+        variations = sorted(
+            (j.prompt, j.parent_index) for j in await all_jobs(bot) if j.parent_job_id == grid_id
+        )
+        assert variations == [("harbour at dawn", 2), ("harbour in fog", 3)]
+        await emu.wait_for(lambda: all_terminal(bot), timeout=15, what="all jobs to finish")
+    assert all(len(ix.responses) == 1 and not ix.rejected for ix in emu.interactions())
+    emu.assert_clean()
+
+
+async def test_a_burst_of_clicks_is_marked_with_few_edits_within_the_budget(emu, tiny_model_dir, tmp_path):
+    """U1–U4 and 🔄 of one grid and U1–U4 of another clicked at once (U jobs need no engine, so the test
+    stays quick): each grid is edited once or twice to show its used buttons, and the marks take the
+    shared budget's slots (its channel bucket spaces them)."""
+    async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu) as runner:
+        bot = runner.bot
+        await bot.accounts.update(emu.default_user.id, tier="pro")  # room for all the clicks' jobs
+        first = await grid_of(emu, "a red fox --seed 1")
+        second = await grid_of(emu, "a blue fox --seed 2")
+        wanted = {first.id: first.custom_ids()[:5], second.id: second.custom_ids()[:4]}
+        clicks = await asyncio.gather(*(emu.click(m, c) for m, ids in wanted.items() for c in ids))
+        for ix in clicks:
+            assert await ix.wait_for_response(3) == DEFERRED
+
+        def marked() -> bool:
+            return all(styles(emu.get_message(m))[c] == PRIMARY for m, ids in wanted.items() for c in ids)
+
+        await emu.wait_for(marked, timeout=30, what="every clicked button marked")
+        assert styles(emu.get_message(second.id))[second.custom_ids()[4]] == SECONDARY  # 🔄 not clicked
+        assert styles(emu.get_message(first.id))[first.custom_ids()[5]] == SECONDARY  # nor V1
+        await emu.wait_for(lambda: all_terminal(bot), timeout=30, what="all jobs to finish")
+
+    channel_edits = {
+        m: [
+            r.time
+            for r in emu.requests
+            if r.method == "PATCH" and r.path.endswith(f"/{m}") and "/channels/" in r.path
+        ]
+        for m in wanted
+    }
+    assert all(1 <= len(times) <= 2 for times in channel_edits.values()), channel_edits
+    times = sorted(t for ts in channel_edits.values() for t in ts)
+    period = 1 / bot.edit_budget.channel_rate
+    assert all(b - a >= period - 0.15 for a, b in zip(times, times[1:], strict=False)), times
+    assert emu.rate_limit_hits == []
     emu.assert_clean()

@@ -353,6 +353,11 @@ async def test_modal_and_attachment_option(emu: DiscordEmulator) -> None:
         assert await sub.wait_for_response(5) == 4
         msg = emu.get_message(sub.response_message_id)
         assert msg.content == "remix: a cat" and msg.ephemeral and got["text"] == "a cat"
+        # an answered modal is closed, and nobody else could ever submit it
+        with pytest.raises(ValueError, match="closed"):
+            await emu.submit_modal(ix, {"remix:text": "again"})
+        with pytest.raises(ValueError, match="another user"):
+            await emu.submit_modal(ix, {"remix:text": "a dog"}, user=emu.add_user("other"))
     finally:
         await bot.close()
         await asyncio.wait_for(task, 5)

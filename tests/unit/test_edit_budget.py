@@ -138,3 +138,38 @@ async def test_sender_gate_and_dynamic_interval_space_many_senders():
     for times in sent.values():
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         assert all(gap >= 0.6 - 0.02 for gap in gaps)
+
+
+def test_backlog_is_how_long_a_slot_booked_now_would_wait():
+    clock = FakeClock()
+    budget = EditBudget(10, min_interval=1, channel_rate=0.5, clock=clock)
+    assert budget.backlog() == 0 and budget.backlog("c") == 0
+    budget.reserve_global()
+    budget.reserve_global()  # slots at t and t + 0.1: the next one is at t + 0.2
+    assert budget.backlog() == pytest.approx(0.2)
+    budget.reserve_channel("c")  # the channel's next slot is 2 s away
+    assert budget.backlog("c") == pytest.approx(2.0) and budget.backlog("d") == pytest.approx(0.2)
+    clock.t += 5
+    assert budget.backlog("c") == 0 and budget.granted == 2
+
+
+async def test_a_spare_slot_waits_for_booked_edits_but_at_most_its_patience():
+    budget = EditBudget(20, min_interval=1)
+    for _ in range(6):
+        budget.reserve_global()  # 0.3 s of edits booked ahead
+    start = time.monotonic()
+    await budget.acquire_spare()
+    assert 0.25 <= time.monotonic() - start < 0.5  # after them, not before
+
+    async def steady_progress_edits() -> None:  # keeps the budget busy forever
+        while True:
+            await budget.acquire()
+
+    busy = asyncio.create_task(steady_progress_edits())
+    try:
+        await asyncio.sleep(0.1)
+        start = time.monotonic()
+        await budget.acquire_spare(patience=0.3)  # then it takes the next slot like any edit
+        assert 0.25 <= time.monotonic() - start < 0.6
+    finally:
+        busy.cancel()

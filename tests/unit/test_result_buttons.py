@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from cogs.buttons import ACTIONS, JobButton, action_of, result_view
+from cogs.buttons import ACTIONS, JobButton, RemixSubmit, action_of, remix_custom_id, result_view
 from engine.base import Operation
 from storage.models import Job, JobKind
 
@@ -38,3 +38,18 @@ def test_a_child_job_maps_back_to_its_button():
     assert action_of(Job(user_id=1, kind=JobKind.VARIATION, operation="img2img", parent_index=2)) == "v:2"
     assert action_of(Job(user_id=1, kind=JobKind.VARIATION, operation="vary_strong", parent_index=0)) == "vx"
     assert action_of(Job(user_id=1, kind=JobKind.UPSCALE, parent_index=1)) == "u:1"
+
+
+def test_a_remix_submit_is_read_from_the_interaction_data_alone():
+    row = {"type": 1, "components": [{"type": 4, "custom_id": "prompt", "value": "a castle"}]}
+    label = {"type": 18, "component": {"type": 4, "custom_id": "prompt", "value": "a ship"}}
+    submit = RemixSubmit.parse({"custom_id": remix_custom_id("v", JOB_ID, 2), "components": [row]})
+    assert submit == RemixSubmit("v", JOB_ID, 2, "a castle")
+    submit = RemixSubmit.parse({"custom_id": remix_custom_id("r", JOB_ID), "components": [label]})
+    assert submit == RemixSubmit("r", JOB_ID, None, "a ship")
+    assert RemixSubmit.parse({"custom_id": remix_custom_id("vs", JOB_ID), "components": []}).text == ""
+    for foreign in (remix_custom_id("u", JOB_ID, 0), f"ib:r:{JOB_ID}", "other:modal", ""):
+        assert (
+            RemixSubmit.parse({"custom_id": foreign, "components": [row]}) is None
+        )  # not ours / not remixable
+    assert RemixSubmit.parse(None) is None
