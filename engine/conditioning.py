@@ -119,16 +119,23 @@ def conditioning_arguments(encoder: PromptEncoder | None, rows: Sequence[Row]) -
         arguments["prompt"] = [row.plain_prompt for row in rows]
         arguments["negative_prompt"] = [row.plain_negative for row in rows]
         return arguments
+    # the tiles of a job share their texts: encode each distinct (prompt, negative) pair once
+    pairs = list(dict.fromkeys((row.prompt, row.negative) for row in rows))
     with torch.no_grad():
-        conditioning = encoder.compel(
-            [row.prompt for row in rows], negative_prompt=[row.negative for row in rows]
-        )
-    embeds = _with_chaos_noise(conditioning.embeds, rows)
+        conditioning = encoder.compel([p for p, _ in pairs], negative_prompt=[n for _, n in pairs])
+    index = torch.tensor([pairs.index((row.prompt, row.negative)) for row in rows])
+
+    def per_row(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.index_select(0, index.to(tensor.device))
+
+    embeds = _with_chaos_noise(per_row(conditioning.embeds), rows)
     arguments["prompt_embeds"] = embeds
-    arguments["negative_prompt_embeds"] = conditioning.negative_embeds.to(embeds.dtype)
+    arguments["negative_prompt_embeds"] = per_row(conditioning.negative_embeds).to(embeds.dtype)
     if conditioning.pooled_embeds is not None:
-        arguments["pooled_prompt_embeds"] = conditioning.pooled_embeds.to(embeds.dtype)
-        arguments["negative_pooled_prompt_embeds"] = conditioning.negative_pooled_embeds.to(embeds.dtype)
+        arguments["pooled_prompt_embeds"] = per_row(conditioning.pooled_embeds).to(embeds.dtype)
+        arguments["negative_pooled_prompt_embeds"] = per_row(conditioning.negative_pooled_embeds).to(
+            embeds.dtype
+        )
     if encoder.zero_empty_negative:
         empty = torch.tensor([not row.negative for row in rows], device=embeds.device)
         for name in ("negative_prompt_embeds", "negative_pooled_prompt_embeds"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pickle
 
 import numpy as np
@@ -169,3 +170,19 @@ async def test_sdxl_grids_and_variations_take_weights_and_chaos(sdxl_engine):
         )
     )
     assert len(vary) == 4
+
+
+def test_each_distinct_text_is_encoded_once_per_batch(pipe):
+    encoder = prompt_encoder(pipe.txt2img)
+    batches: list[int] = []
+
+    def counting(prompts, negative_prompt):
+        batches.append(len(prompts))
+        return encoder.compel(prompts, negative_prompt=negative_prompt)
+
+    rows = rows_for(request(chaos=50)) + rows_for(request(prompt="a cat", seed=7))
+    together = conditioning_arguments(dataclasses.replace(encoder, compel=counting), rows)
+    assert batches == [2] and together["prompt_embeds"].shape[0] == 8
+    alone = conditioning_arguments(encoder, rows_for(request(prompt="a cat", seed=7)))
+    assert torch.allclose(together["prompt_embeds"][4:], alone["prompt_embeds"], atol=1e-6)
+    assert torch.allclose(together["negative_prompt_embeds"][4:], alone["negative_prompt_embeds"], atol=1e-6)
