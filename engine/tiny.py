@@ -78,6 +78,23 @@ def _tiny_tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(write_tiny_tokenizer(Path(tmp)))
 
 
+def _tiny_unet(**architecture: Any) -> Any:
+    """The tiny UNet; ``architecture`` adds the family's own options (cross-attention width, SDXL's extras)."""
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=UNET_CHANNELS,
+        layers_per_block=UNET_LAYERS_PER_BLOCK,
+        # Cross-attention on the low-resolution level only (as in diffusers' own test UNet): at 512² a
+        # full-resolution attention over 4,096 tokens costs seconds per step on a CPU.
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=32,
+        **architecture,
+    )
+
+
 def _tiny_vae() -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3,
@@ -125,20 +142,7 @@ def build_tiny_pipeline(folder: Path | None = None, *, seed: int = 0) -> StableD
     tokenizer = CLIPTokenizer.from_pretrained(write_tiny_tokenizer(folder)) if folder else _tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet: Any = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=UNET_CHANNELS,
-            layers_per_block=UNET_LAYERS_PER_BLOCK,
-            # Cross-attention on the low-resolution level only (as in diffusers' own test UNet): at 512² a
-            # full-resolution attention over 4,096 tokens costs seconds per step on a CPU.
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=TEXT_HIDDEN,
-            attention_head_dim=8,
-            norm_num_groups=32,
-        )
+        unet = _tiny_unet(cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8)
         vae = _tiny_vae()
         text_encoder = CLIPTextModel(_tiny_text_config(tokenizer))
     scheduler = _tiny_scheduler()
@@ -168,21 +172,13 @@ def build_tiny_sdxl_pipeline(*, seed: int = 0) -> Any:
     time_embed = 8
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet: Any = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=UNET_CHANNELS,
-            layers_per_block=UNET_LAYERS_PER_BLOCK,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=2 * TEXT_HIDDEN,
+        unet = _tiny_unet(
+            cross_attention_dim=2 * TEXT_HIDDEN,  # both encoders' hidden states, concatenated
             attention_head_dim=(2, 4),
             use_linear_projection=True,
             addition_embed_type="text_time",
             addition_time_embed_dim=time_embed,
             projection_class_embeddings_input_dim=6 * time_embed + TEXT_HIDDEN,
-            norm_num_groups=32,
         )
         vae = _tiny_vae()
         config = _tiny_text_config(tokenizer)

@@ -30,10 +30,10 @@ def request(**overrides) -> GenerationRequest:
     return GenerationRequest(**{**values, **overrides})
 
 
-async def start_server(model_dir) -> TestServer:
-    server = TestServer(
-        create_app(LocalDiffusersEngine(str(model_dir), device="cpu"), token=TOKEN, model_name="tiny")
-    )
+async def start_server(model_dir, **engine_options) -> TestServer:
+    """An engine server on a real port, answering health checks; ``engine_options`` go to the engine."""
+    engine = LocalDiffusersEngine(str(model_dir), device="cpu", **engine_options)
+    server = TestServer(create_app(engine, token=TOKEN, model_name="tiny"))
     await server.start_server()
     remote = RemoteEngine(str(server.make_url("")), TOKEN)
     for _ in range(200):

@@ -9,13 +9,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from engine.base import EngineFlagged, GenerationRequest
-from engine.local import LocalDiffusersEngine
 from engine.pool import EnginePool
 from engine.remote import RemoteEngine, _error_from
-from engine.server import create_app
 from engine.tiny import build_tiny_safety_checker
-
-TOKEN = "t0ken"
+from tests.engine.test_remote import TOKEN
+from tests.engine.test_remote import start_server as start_engine_server
 
 
 def request(**overrides) -> GenerationRequest:
@@ -24,18 +22,7 @@ def request(**overrides) -> GenerationRequest:
 
 
 async def start_server(model_dir, *, flag: bool) -> TestServer:
-    engine = LocalDiffusersEngine(
-        str(model_dir), device="cpu", safety_checker=build_tiny_safety_checker(flag=flag)
-    )
-    server = TestServer(create_app(engine, token=TOKEN, model_name="tiny"))
-    await server.start_server()
-    probe = RemoteEngine(str(server.make_url("")), TOKEN)
-    for _ in range(200):
-        if await probe.health():
-            break
-        await asyncio.sleep(0.05)
-    await probe.close()
-    return server
+    return await start_engine_server(model_dir, safety_checker=build_tiny_safety_checker(flag=flag))
 
 
 def test_the_flagged_code_maps_back():
