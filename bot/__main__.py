@@ -14,6 +14,7 @@ from bot.engines import build_engine
 from bot.settings import Settings, SettingsError, load_settings
 from bot.tiers import TierConfigError, load_tiers
 from engine.base import EngineError
+from storage.migrations import MigrationError
 
 log = logging.getLogger("bot")
 
@@ -49,6 +50,9 @@ async def run(settings: Settings) -> int:
             "imaginebot: Discord rejected DISCORD_TOKEN; reset the token in the developer portal.",
             file=sys.stderr,
         )
+        return 2
+    except MigrationError as error:
+        print(f"imaginebot: database: {error}", file=sys.stderr)
         return 2
     finally:
         await bot.close()  # waits for a close a signal started (jobs, database) to finish

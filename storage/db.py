@@ -1,6 +1,11 @@
 """Database sessions: an async SQLAlchemy engine for SQLite (aiosqlite) or Postgres (asyncpg).
 
-The schema is created with ``create_all`` for now; the first schema change brings in migrations.
+The schema is owned by the Alembic revisions in ``storage/migrations``: ``Database.open`` upgrades the
+database to the newest revision before handing out sessions, so a database made by any earlier version
+(including one from the ``create_all`` days, which is stamped at the baseline) is upgraded in place.
+The upgrade runs in one transaction on a connection of its own: on SQLite it starts with
+``BEGIN IMMEDIATE``, so a second process opening the same file waits for the first to finish and then
+finds nothing left to do; on Postgres an advisory lock does the same.
 """
 
 from __future__ import annotations
@@ -8,17 +13,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlmodel import SQLModel
+from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import models  # noqa: F401  (registers the tables)
+from storage import migrations, models  # noqa: F401  (models registers the tables)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_MIGRATION_BUSY_TIMEOUT_MS = 120_000
+"""How long a start waits for another process's schema upgrade of the same SQLite file."""
 
 
 class Database:
-    """Owns the engine and hands out sessions. ``await Database.open(url)`` creates the schema."""
+    """Owns the engine and hands out sessions. ``await Database.open(url)`` upgrades the schema first."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -26,24 +34,53 @@ class Database:
 
     @classmethod
     async def open(cls, url: str) -> Database:
-        if url.startswith("sqlite"):
+        """Connect and upgrade the schema; raises ``migrations.MigrationError`` when that is impossible."""
+        sqlite = url.startswith("sqlite")
+        if sqlite:
             _ensure_sqlite_folder(url)
         engine = create_async_engine(url)
-        if url.startswith("sqlite"):
+        if sqlite:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        database = cls(engine)
-        async with engine.begin() as connection:
-            await connection.run_sync(SQLModel.metadata.create_all)
-        return database
+        try:
+            if sqlite and _sqlite_in_memory(url):
+                await _upgrade(engine)  # private to this engine's one connection: nobody to wait for
+            else:
+                await _upgrade_on_own_connection(url)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+async def _upgrade(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(migrations.upgrade)
+
+
+async def _upgrade_on_own_connection(url: str) -> None:
+    """Upgrade in one transaction on a fresh connection that holds the database's write lock throughout."""
+    engine = create_async_engine(url, poolclass=NullPool)
+    if url.startswith("sqlite"):
+        event.listen(engine.sync_engine, "connect", _sqlite_migration_connect)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
+    try:
+        await _upgrade(engine)
+    finally:
+        await engine.dispose()
 
 
 def _ensure_sqlite_folder(url: str) -> None:
     path = url.split(":///", 1)[-1]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_in_memory(url: str) -> bool:
+    database = make_url(url).database
+    return not database or database == ":memory:" or database.startswith("file::memory:")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -53,3 +90,17 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_migration_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    """The driver must not open transactions itself (``_sqlite_begin_immediate`` does), so that DDL is
+    transactional; foreign keys stay off, as batch migrations that copy a table need."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_MIGRATION_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def _sqlite_begin_immediate(connection) -> None:  # type: ignore[no-untyped-def]
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
