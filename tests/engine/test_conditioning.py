@@ -51,11 +51,13 @@ def test_rows_carry_each_tiles_seed_guidance_and_noise():
     weighted = rows_for(
         request(prompt="fox", negative_prompt="blur", prompt_parts=(("fox", 2.0), ("snow", -0.5)))
     )
-    assert weighted[0].prompt == '("fox", "snow").blend(2, -0.5)' and weighted[0].negative == "blur"
+    assert (
+        weighted[0].weighted == '("fox", "snow").blend(2, -0.5)' and rows_for(request())[0].weighted is None
+    )
     assert (weighted[0].plain_prompt, weighted[0].plain_negative) == ("fox", "blur, snow")
 
 
-def test_compel_reads_a_plain_prompt_as_the_pipeline_does(pipe):
+def test_a_plain_prompt_is_read_as_the_pipeline_reads_it(pipe):
     """Tile 0 of a chaos grid stays the faithful reading: compel's encoding equals the pipeline's own."""
     encoder = prompt_encoder(pipe.txt2img)
     assert encoder is not None
@@ -133,7 +135,7 @@ def sdxl_engine(tmp_path_factory):
 
 
 @pytest.mark.parametrize("negative", ["blurry", ""])
-def test_compel_reads_sdxl_prompts_as_the_pipeline_does(sdxl_engine, negative):
+def test_sdxl_prompts_are_read_as_the_pipeline_reads_them(sdxl_engine, negative):
     pipe = sdxl_engine._pipelines(None).txt2img
     encoder = prompt_encoder(pipe)
     assert encoder is not None and encoder.zero_empty_negative
@@ -173,16 +175,27 @@ async def test_sdxl_grids_and_variations_take_weights_and_chaos(sdxl_engine):
 
 
 def test_each_distinct_text_is_encoded_once_per_batch(pipe):
+    """Plain texts go through the pipeline's encoder, weighted ones through compel: each distinct one once."""
     encoder = prompt_encoder(pipe.txt2img)
-    batches: list[int] = []
+    calls: dict[str, list[int]] = {"pipeline": [], "compel": []}
 
-    def counting(prompts, negative_prompt):
-        batches.append(len(prompts))
-        return encoder.compel(prompts, negative_prompt=negative_prompt)
+    class Counting:
+        def encode_prompt(self, prompt, **kwargs):
+            calls["pipeline"].append(len(prompt))
+            return encoder.pipe.encode_prompt(prompt=prompt, **kwargs)
 
-    rows = rows_for(request(chaos=50)) + rows_for(request(prompt="a cat", seed=7))
-    together = conditioning_arguments(dataclasses.replace(encoder, compel=counting), rows)
-    assert batches == [2] and together["prompt_embeds"].shape[0] == 8
-    alone = conditioning_arguments(encoder, rows_for(request(prompt="a cat", seed=7)))
-    assert torch.allclose(together["prompt_embeds"][4:], alone["prompt_embeds"], atol=1e-6)
-    assert torch.allclose(together["negative_prompt_embeds"][4:], alone["negative_prompt_embeds"], atol=1e-6)
+    def compel(prompts):
+        calls["compel"].append(len(prompts))
+        return encoder.compel(prompts)
+
+    parts = (("a cat", 1.0), ("a hat", 0.5))
+    rows = (
+        rows_for(request(chaos=50))
+        + rows_for(request(prompt="a cat", seed=7, prompt_parts=parts))
+        + rows_for(request(prompt="a cat", seed=9, prompt_parts=parts))
+    )
+    together = conditioning_arguments(dataclasses.replace(encoder, pipe=Counting(), compel=compel), rows)
+    assert calls == {"pipeline": [2], "compel": [1]} and together["prompt_embeds"].shape[0] == 12
+    alone = conditioning_arguments(encoder, rows_for(request(prompt="a cat", seed=7, prompt_parts=parts)))
+    assert torch.allclose(together["prompt_embeds"][4:8], alone["prompt_embeds"], atol=1e-6)
+    assert torch.allclose(together["negative_prompt_embeds"][4:8], alone["negative_prompt_embeds"], atol=1e-6)
