@@ -63,6 +63,17 @@ async def answer_of(emu, ix) -> str:
     return answer.content
 
 
+async def one_job_of_two(emu, first, second) -> None:
+    """Two presses of the same thing: one makes the job (deferred, then its grid), the other is told
+    privately that it is already being worked on."""
+    responses = sorted([await first.wait_for_response(3), await second.wait_for_response(3)])
+    assert responses == [MESSAGE, DEFERRED]
+    late = first if first.responses[0] == MESSAGE else second
+    assert "already working" in emu.get_message(late.response_message_id).content
+    made = second if late is first else first
+    await wait_for_message(emu, lambda m: m.id == made.response_message_id and is_final_grid(m))
+
+
 async def test_single_image_buttons_make_jobs_of_the_right_size(emu, tiny_model_dir, tmp_path):
     async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu) as runner:
         bot, user = runner.bot, emu.default_user
@@ -139,12 +150,7 @@ async def test_double_click_owner_remix_and_show(emu, tiny_model_dir, tmp_path):
         first, second = await asyncio.gather(
             emu.click(grid.id, f"ib:v:{grid_id}:0"), emu.click(grid.id, f"ib:v:{grid_id}:0")
         )
-        responses = sorted([await first.wait_for_response(3), await second.wait_for_response(3)])
-        assert responses == [MESSAGE, DEFERRED]
-        late = first if first.responses[0] == MESSAGE else second
-        assert "already working" in emu.get_message(late.response_message_id).content
-        variation = first if late is second else second
-        await wait_for_message(emu, lambda m: m.id == variation.response_message_id and is_final_grid(m))
+        await one_job_of_two(emu, first, second)
         # ...and a click shortly after the first job finished is still the same click
         assert "already working" in await answer_of(emu, await emu.click(grid.id, f"ib:v:{grid_id}:0"))
         assert [j.kind for j in await all_jobs(bot)].count("variation") == 1
@@ -269,12 +275,7 @@ async def test_a_live_remix_modal_makes_one_job_per_submit(emu, tiny_model_dir, 
             emu.submit_modal(opened, {"prompt": "harbour at dawn"}),
             emu.submit_modal(opened, {"prompt": "harbour at dawn"}),  # a double press of Submit
         )
-        responses = sorted([await first.wait_for_response(3), await second.wait_for_response(3)])
-        assert responses == [MESSAGE, DEFERRED]
-        late = first if first.responses[0] == MESSAGE else second
-        assert "already working" in emu.get_message(late.response_message_id).content
-        made = second if late is first else first
-        await wait_for_message(emu, lambda m: m.id == made.response_message_id and is_final_grid(m))
+        await one_job_of_two(emu, first, second)
 
         # a modal discord.py has dropped (its timeout passed) is still handled from its custom_id
         monkeypatch.setattr(sys.modules["cogs.buttons"], "MODAL_TIMEOUT", 0.1)  # the loaded extension
