@@ -55,3 +55,4 @@ async def test_the_bot_explains_a_database_it_cannot_upgrade(emu, tiny_model_dir
     errors = [line for line in bot.output().splitlines() if line.startswith("imaginebot:")]
     assert len(errors) == 1 and "database" in errors[0] and "users.remix" in errors[0], bot.output()[-2000:]
     assert "Traceback" not in bot.output()
+    emu.assert_clean()
