@@ -21,6 +21,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from bot.deadline import Deadline
 from bot.fair_queue import QueueEntry
 from bot.prompt import (
     ParsedPrompt,
@@ -29,7 +30,7 @@ from bot.prompt import (
     stop_fraction,
     strength_for_image_weight,
 )
-from bot.quotas import QuotaService, format_duration
+from bot.quotas import Admission, QuotaService, format_duration
 from bot.scheduler import Scheduler
 from engine.base import (
     MAX_SEED,
@@ -306,14 +307,13 @@ class JobService:
     ) -> Job:
         job.model = self.defaults.model
         lock = self.quotas.lock(job.user_id)
-        async with asyncio.timeout(ADMISSION_TIMEOUT):  # waiting for the lock counts too
-            await lock.acquire()
-            try:
-                await self.quotas.users.get(job.user_id, user_name)
-                admission = await self.quotas.admit(job, mode, uses_engine=job.kind != JobKind.UPSCALE)
-            except BaseException:
-                lock.release()
-                raise
+        deadline = Deadline(ADMISSION_TIMEOUT)  # waiting for the lock counts too
+        await asyncio.wait_for(lock.acquire(), deadline.left())
+        try:
+            admission = await deadline.wait(self._admission(job, user_name, mode))
+        except BaseException:
+            lock.release()
+            raise
         try:
             origin = await acknowledge()
             job.guild_id, job.channel_id, job.message_id = (
@@ -331,6 +331,10 @@ class JobService:
             lock.release()
         job = await self.repo.transition(job.id, JobState.SUBMITTED)
         return await self._enqueue(job)
+
+    async def _admission(self, job: Job, user_name: str, mode: str | None) -> Admission:
+        await self.quotas.users.get(job.user_id, user_name)
+        return await self.quotas.admit(job, mode, uses_engine=job.kind != JobKind.UPSCALE)
 
     async def _enqueue(self, job: Job) -> Job:
         job = await self.repo.transition(job.id, JobState.QUEUED)

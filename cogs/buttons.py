@@ -47,6 +47,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.deadline import Deadline, finish_within
 from bot.edit_budget import EditBudget
 from bot.prompt import PromptError, parse_prompt
 from cogs.submitting import submit_job
@@ -57,8 +58,9 @@ from storage.states import JobState
 
 log = logging.getLogger(__name__)
 
-LOOKUP_TIMEOUT = 0.75
-"""Seconds to wait for the database before acknowledging a click (Discord allows 3)."""
+LOOKUP_TIMEOUT = 1.2
+"""Seconds the database lookups of one click may take together before it is answered "busy"; admission
+then has ``bot.jobs.ADMISSION_TIMEOUT`` (1.5 s), which keeps the answer within Discord's 3 s."""
 DEDUPE_SECONDS = 10.0
 """A second click of the same button by the same user within this time (or while the first job is
 still live) makes no new job."""
@@ -232,19 +234,19 @@ def _results(bot: discord.Client) -> ResultRepository:
 async def handle_click(interaction: discord.Interaction, action: str, job_id: str, tile: int | None) -> None:
     bot = interaction.client
     spec = ACTIONS[action]
+    deadline = Deadline(LOOKUP_TIMEOUT)
     try:
-        parent, user = await asyncio.wait_for(
+        parent, user = await deadline.wait(
             asyncio.gather(
                 bot.jobs.repo.find(job_id),  # type: ignore[attr-defined]
                 bot.accounts.get(interaction.user.id, interaction.user.name),  # type: ignore[attr-defined]
-            ),
-            LOOKUP_TIMEOUT,
+            )
         )
     except TimeoutError:
         await interaction.response.send_message("The bot is busy; try that button again.", ephemeral=True)
         return
     if spec.kind is None:  # ❤️: a per-user flag, anyone who sees the result may set their own
-        await _favourite(interaction, parent)
+        await _favourite(interaction, parent, deadline)
         return
     refusal = _refusal(bot, interaction.user, parent)
     if refusal:
@@ -254,7 +256,7 @@ async def handle_click(interaction: discord.Interaction, action: str, job_id: st
     if spec.remixable and getattr(user, "remix", False):
         await interaction.response.send_modal(RemixModal(parent, action, tile))
         return
-    await _submit_child(interaction, parent, spec, tile)
+    await _submit_child(interaction, parent, spec, tile, deadline)
 
 
 async def _submit_child(
@@ -262,6 +264,7 @@ async def _submit_child(
     parent: Job,
     spec: Action,
     tile: int | None,
+    deadline: Deadline,
     remix_text: str | None = None,
 ) -> None:
     """Dedupe, then admit and queue the button's job; mark the button used on the clicked message."""
@@ -282,7 +285,7 @@ async def _submit_child(
     made = False
     try:
         try:
-            duplicate = await asyncio.wait_for(
+            duplicate = await deadline.wait(
                 _results(bot).duplicate_of(
                     user_id=interaction.user.id,
                     parent_id=parent.id,
@@ -291,8 +294,7 @@ async def _submit_child(
                     index=index,
                     prompt=prompt,
                     since=bot.now() - timedelta(seconds=DEDUPE_SECONDS),  # type: ignore[attr-defined]
-                ),
-                LOOKUP_TIMEOUT,
+                )
             )
         except TimeoutError:
             await interaction.response.send_message("The bot is busy; try that button again.", ephemeral=True)
@@ -356,13 +358,14 @@ def _link(interaction: discord.Interaction, parent: Job) -> str | None:
     return f"https://discord.com/channels/{guild}/{channel_id}/{message_id}"
 
 
-async def _favourite(interaction: discord.Interaction, job: Job | None) -> None:
+async def _favourite(interaction: discord.Interaction, job: Job | None, deadline: Deadline) -> None:
     if job is None or job.state != JobState.SUCCEEDED:
         await interaction.response.send_message("That result no longer exists.", ephemeral=True)
         return
     try:
-        now_favourite = await asyncio.wait_for(
-            _results(interaction.client).toggle_favourite(interaction.user.id, job.id), LOOKUP_TIMEOUT * 2
+        now_favourite = await finish_within(
+            _results(interaction.client).toggle_favourite(interaction.user.id, job.id),
+            deadline.left() + LOOKUP_TIMEOUT,  # no admission after it: it may use that time too
         )
     except TimeoutError:
         await interaction.response.send_message("The bot is busy; try that button again.", ephemeral=True)
@@ -545,8 +548,9 @@ async def handle_remix_submit(interaction: discord.Interaction) -> bool:
         return False
     interaction.extras[_HANDLED] = True
     bot = interaction.client
+    deadline = Deadline(LOOKUP_TIMEOUT)
     try:
-        parent = await asyncio.wait_for(bot.jobs.repo.find(submit.job_id), LOOKUP_TIMEOUT)  # type: ignore[attr-defined]
+        parent = await deadline.wait(bot.jobs.repo.find(submit.job_id))  # type: ignore[attr-defined]
     except TimeoutError:
         await interaction.response.send_message("The bot is busy; try again.", ephemeral=True)
         return True
@@ -555,7 +559,9 @@ async def handle_remix_submit(interaction: discord.Interaction) -> bool:
         await interaction.response.send_message(refusal, ephemeral=True)
         return True
     assert parent is not None
-    await _submit_child(interaction, parent, ACTIONS[submit.action], submit.tile, remix_text=submit.text)
+    await _submit_child(
+        interaction, parent, ACTIONS[submit.action], submit.tile, deadline, remix_text=submit.text
+    )
     return True
 
 
@@ -590,7 +596,7 @@ class ResultsCog(commands.Cog):
             )
             return
         try:
-            job = await asyncio.wait_for(self.bot.jobs.repo.find(wanted), LOOKUP_TIMEOUT)  # type: ignore[attr-defined]
+            job = await finish_within(self.bot.jobs.repo.find(wanted), LOOKUP_TIMEOUT)  # type: ignore[attr-defined]
         except TimeoutError:
             await interaction.response.send_message("The bot is busy; try again.", ephemeral=True)
             return

@@ -10,6 +10,8 @@ finds nothing left to do; on Postgres an advisory lock does the same.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from pathlib import Path
 
 from sqlalchemy import event
@@ -52,7 +54,19 @@ class Database:
         return cls(engine)
 
     async def close(self) -> None:
+        """Close every connection, including ones that canceled work left behind holding a lock.
+
+        A task canceled while a statement runs leaves SQLAlchemy's execution context (and with it the
+        driver's cursor) in the ``CancelledError``'s traceback, a reference cycle. The pool then closes
+        that connection without a rollback, and ``sqlite3`` can only make it a "zombie": it keeps its
+        transaction, and the file's write lock, until the cursor is freed. Nothing frees it until the
+        garbage collector runs, and an idle process may not run it for a long time, so the next opener
+        of the file (a restart in the same process, a migration) waited on the lock until it gave up.
+        One turn of the event loop first lets the callbacks of the canceled work drop their references.
+        """
         await self.engine.dispose()
+        await asyncio.sleep(0)
+        gc.collect()
 
 
 async def _upgrade(engine: AsyncEngine) -> None:
