@@ -3,10 +3,16 @@
 Every image row of a batch gets its own prompt embedding and its own guidance scale:
 
 - **Weights.** A row without ``::`` weights is encoded by the pipeline's own ``encode_prompt`` (one batched
-  call for the batch's distinct texts, cut at the text encoder's 77 tokens as diffusers does). A row with
-  weights is encoded by compel (``CompelForSD`` / ``CompelForSDXL``, a maintained library) as the blend of
-  its parts' embeddings (``engine.weights.to_compel``), cut at the same length; on SDXL its pooled
-  embedding is the plain reading's. Only weighted prompts go through compel because its prompt parser
+  call for the batch's distinct texts). A row with weights is encoded by compel (``CompelForSD`` /
+  ``CompelForSDXL``, a maintained library) as the blend of its parts' embeddings
+  (``engine.weights.to_compel``), cut at the text encoder's window (77 tokens); on SDXL its pooled
+  embedding is the plain reading's.
+- **Long prompts.** diffusers reads only the first 77 tokens. Here a longer prompt or negative is read as
+  A1111 and compel do: in windows of 75 tokens (plus start and end), each encoded on its own, the
+  embeddings concatenated (up to ``MAX_PROMPT_WINDOWS``); shorter readings are padded with the empty
+  prompt's embedding. All rows of one call need the same length, and padding changes an image a little,
+  so the local engine runs jobs of different lengths (``prompt_windows``) in separate calls: a job's
+  image does not depend on what it was batched with. SDXL's pooled embedding is the first window's. Only weighted prompts go through compel because its prompt parser
   costs ~20 ms of CPU per text, ten times the whole batched encode. Without compel (or for pipelines
   without ``encode_prompt``) weights are reduced by ``engine.weights.plain_prompts``.
 - **Chaos.** ``engine.chaos.chaos_for_tiles`` gives each tile a guidance scale and an embedding noise;
@@ -34,6 +40,8 @@ from engine.weights import plain_prompts, to_compel
 
 log = logging.getLogger(__name__)
 
+MAX_PROMPT_WINDOWS = 4
+"""A prompt is read in at most this many windows of the text encoder (4 x 75 = 300 tokens); the rest is cut."""
 CHAOS_NOISE_SALT = 0x6368_616F  # "chao": the noise generator's seed differs from the latent noise's
 MAX_SEED_MODULUS = 2**32
 _MULTIPLY = frozenset({"mul", "__mul__", "__rmul__", "multiply"})
@@ -134,9 +142,12 @@ def conditioning_arguments(encoder: PromptEncoder | None, rows: Sequence[Row]) -
     def per_row(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.index_select(0, index.to(tensor.device))
 
-    embeds = _with_chaos_noise(_with_weights(encoder, per_row(encoded[0]), rows), rows)
+    positive, negative = _with_long_prompts(
+        encoder, rows, _with_weights(encoder, per_row(encoded[0]), rows), per_row(encoded[1])
+    )
+    embeds = _with_chaos_noise(positive, rows)
     arguments["prompt_embeds"] = embeds
-    arguments["negative_prompt_embeds"] = per_row(encoded[1])
+    arguments["negative_prompt_embeds"] = negative
     if len(encoded) == 4:  # SDXL: pooled embeddings too
         arguments["pooled_prompt_embeds"] = per_row(encoded[2])
         arguments["negative_pooled_prompt_embeds"] = per_row(encoded[3])
@@ -163,6 +174,43 @@ def _with_weights(encoder: PromptEncoder, embeds: torch.Tensor, rows: Sequence[R
     return embeds
 
 
+def prompt_windows(encoder: PromptEncoder | None, request: GenerationRequest) -> int:
+    """How many encoder windows ``request``'s conditioning is long: jobs of one call must agree on it."""
+    if encoder is None:
+        return 1
+    positive, negative = plain_prompts(request.prompt, request.negative_prompt, request.prompt_parts)
+    reading = 1 if request.prompt_parts else len(encoder.windows(positive))  # weighted: cut to one
+    return max(reading, len(encoder.windows(negative)))
+
+
+def _with_long_prompts(
+    encoder: PromptEncoder, rows: Sequence[Row], positive: torch.Tensor, negative: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append the windows after the first (which ``encode_prompt`` gave) to long rows, pad the others."""
+    texts = {row.plain_negative for row in rows} | {row.plain_prompt for row in rows if not row.weighted}
+    windows = {text: encoder.windows(text) for text in texts}
+    positive_rest = [[] if row.weighted else windows[row.plain_prompt][1:] for row in rows]
+    negative_rest = [windows[row.plain_negative][1:] for row in rows]
+    count = 1 + max(len(rest) for rest in positive_rest + negative_rest)
+    if count == 1:
+        return positive, negative
+    pieces = list(dict.fromkeys(["", *(text for rest in positive_rest + negative_rest for text in rest)]))
+    with torch.no_grad():
+        encoded = encoder.pipe.encode_prompt(
+            prompt=pieces, device=encoder.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )[0].to(positive.device, positive.dtype)
+
+    def extended(first: torch.Tensor, rest: list[str]) -> torch.Tensor:
+        chunks = [first, *(encoded[pieces.index(text)] for text in rest)]
+        chunks += [encoded[0]] * (count - len(chunks))  # the empty prompt, as A1111 and compel pad
+        return torch.cat(chunks)
+
+    return (
+        torch.stack([extended(row, rest) for row, rest in zip(positive, positive_rest, strict=True)]),
+        torch.stack([extended(row, rest) for row, rest in zip(negative, negative_rest, strict=True)]),
+    )
+
+
 def _with_chaos_noise(embeds: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
     if not any(row.noise for row in rows):
         return embeds
@@ -186,6 +234,19 @@ class PromptEncoder:
     device: str
     compel: Any  # CompelForSD / CompelForSDXL for weighted prompts; None without compel
     zero_empty_negative: bool  # SDXL's force_zeros_for_empty_prompt: "" is a zero embedding, not encoded
+
+    def windows(self, text: str) -> list[str]:
+        """``text`` as the encoder reads it: itself (``encode_prompt`` cuts it after the first window),
+        then the text of each following window of tokens, up to ``MAX_PROMPT_WINDOWS`` in all."""
+        tokenizer = self.pipe.tokenizer
+        size = tokenizer.model_max_length - 2  # the start and end tokens take two places
+        ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+        if len(ids) <= size:
+            return [text]
+        if len(ids) > size * MAX_PROMPT_WINDOWS:
+            log.info("a prompt of %d tokens is read up to token %d", len(ids), size * MAX_PROMPT_WINDOWS)
+        ends = range(size, min(len(ids), size * MAX_PROMPT_WINDOWS), size)
+        return [text, *(tokenizer.decode(ids[start : start + size]) for start in ends)]
 
 
 def prompt_encoder(pipe: Any) -> PromptEncoder | None:

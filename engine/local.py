@@ -65,7 +65,7 @@ from engine.base import (
     ProgressCallback,
     ProgressUpdate,
 )
-from engine.conditioning import Row, conditioning_arguments, prompt_encoder, rows_for
+from engine.conditioning import Row, conditioning_arguments, prompt_encoder, prompt_windows, rows_for
 from engine.geometry import (
     blend_weights,
     outpaint_canvas,
@@ -496,7 +496,27 @@ class LocalDiffusersEngine:
                 return [self._upscale(loaded, jobs[0])]
             if first.operation.is_outpaint:
                 return [self._outpaint(loaded, jobs[0])]
+            return self._by_prompt_length(loaded, jobs)
+
+    def _by_prompt_length(self, loaded: _Loaded, jobs: list[_Job]) -> list[list[Image.Image]]:
+        """One call per conditioning length (long prompts), so padding never depends on the batch."""
+        groups: dict[int, list[int]] = {}
+        for index, job in enumerate(jobs):
+            groups.setdefault(prompt_windows(loaded.encoder, job.request), []).append(index)
+        if len(groups) == 1:
             return self._txt2img_or_img2img(loaded, jobs)
+        results: list[list[Image.Image]] = [[] for _ in jobs]
+        for indices in groups.values():
+            try:
+                made = self._txt2img_or_img2img(loaded, [jobs[i] for i in indices])
+            except _Interrupted:  # every job of this call was cancelled; the other calls go on
+                for index in indices:
+                    jobs[index].finish(EngineCancelled("cancelled"))
+                    jobs[index].deliver()
+                continue
+            for index, images in zip(indices, made, strict=True):
+                results[index] = images
+        return results
 
     def _step_callback(
         self,

@@ -35,3 +35,14 @@ def tiny_engine(tiny_model_dir: Path) -> Iterator[object]:
     asyncio.run(engine.start())
     yield engine
     asyncio.run(engine.close())
+
+
+@pytest.fixture(scope="module")
+def batching_engine(tiny_model_dir: Path) -> Iterator[object]:
+    """An engine that gathers up to 4 jobs for half a second into one denoising call."""
+    from engine.local import LocalDiffusersEngine
+
+    engine = LocalDiffusersEngine(str(tiny_model_dir), device="cpu", max_batch=4, batch_window=0.5)
+    asyncio.run(engine.start())
+    yield engine
+    asyncio.run(engine.close())

@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from engine.base import GenerationRequest, Operation
-from engine.conditioning import RowGuidance, conditioning_arguments, guidance_scale, prompt_encoder, rows_for
+from engine.conditioning import (
+    MAX_PROMPT_WINDOWS,
+    RowGuidance,
+    conditioning_arguments,
+    guidance_scale,
+    prompt_encoder,
+    prompt_windows,
+    rows_for,
+)
 from engine.seeds import tile_seeds
 
 
@@ -180,6 +188,8 @@ def test_each_distinct_text_is_encoded_once_per_batch(pipe):
     calls: dict[str, list[int]] = {"pipeline": [], "compel": []}
 
     class Counting:
+        tokenizer = encoder.pipe.tokenizer
+
         def encode_prompt(self, prompt, **kwargs):
             calls["pipeline"].append(len(prompt))
             return encoder.pipe.encode_prompt(prompt=prompt, **kwargs)
@@ -199,3 +209,76 @@ def test_each_distinct_text_is_encoded_once_per_batch(pipe):
     alone = conditioning_arguments(encoder, rows_for(request(prompt="a cat", seed=7, prompt_parts=parts)))
     assert torch.allclose(together["prompt_embeds"][4:8], alone["prompt_embeds"], atol=1e-6)
     assert torch.allclose(together["negative_prompt_embeds"][4:8], alone["negative_prompt_embeds"], atol=1e-6)
+
+
+# -- long prompts: read in windows of the text encoder, not cut at 77 tokens ------------------------------
+
+FOX = "a red fox in the snow "
+LONG = FOX * 7  # 98 tokens of the tiny tokenizer: two windows
+
+
+def token_count(encoder, text: str) -> int:
+    return len(encoder.pipe.tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
+
+
+def test_a_long_prompt_is_read_in_windows(pipe):
+    encoder = prompt_encoder(pipe.txt2img)
+    long = LONG
+    assert encoder.windows("a red fox") == ["a red fox"]
+    count = token_count(encoder, long)
+    assert 75 < count <= 150 and len(encoder.windows(long)) == 2 and encoder.windows(long)[0] == long
+    assert len(encoder.windows(FOX * 100)) == MAX_PROMPT_WINDOWS  # cut after 300 tokens
+
+    arguments = conditioning_arguments(encoder, rows_for(request(prompt=long, negative_prompt="blurry")))
+    assert arguments["prompt_embeds"].shape[:2] == (4, 2 * 77)
+    assert arguments["negative_prompt_embeds"].shape == arguments["prompt_embeds"].shape
+    first, negative = pipe.txt2img.encode_prompt(long, "cpu", 1, True, "blurry")  # diffusers: cut at 77
+    second = pipe.txt2img.encode_prompt(encoder.windows(long)[1], "cpu", 1, False)[0]
+    empty = pipe.txt2img.encode_prompt("", "cpu", 1, False)[0]
+    assert torch.allclose(arguments["prompt_embeds"][0], torch.cat([first[0], second[0]]), atol=1e-5)
+    assert torch.allclose(
+        arguments["negative_prompt_embeds"][0], torch.cat([negative[0], empty[0]]), atol=1e-5
+    )
+
+
+def test_the_end_of_a_long_prompt_reaches_the_conditioning(pipe):
+    """Two prompts that differ only after token 75: diffusers would read them the same."""
+    encoder = prompt_encoder(pipe.txt2img)
+
+    def embeds(text: str) -> torch.Tensor:
+        return conditioning_arguments(encoder, rows_for(request(prompt=text, n=1)))["prompt_embeds"][0]
+
+    cat, dog = embeds(LONG + "with a cat"), embeds(LONG + "with a dog")
+    assert torch.allclose(cat[:77], dog[:77]) and not torch.allclose(cat[77:], dog[77:])
+    assert prompt_windows(encoder, request(prompt=LONG)) == 2
+    assert prompt_windows(encoder, request(prompt="a fox", negative_prompt=LONG)) == 2
+    # a weighted prompt is cut to one window (compel's blend); its negative may still be long
+    parts = ((LONG, 1.0), ("rain", -0.5))
+    assert prompt_windows(encoder, request(prompt=LONG, prompt_parts=parts)) == 1
+    assert prompt_windows(None, request(prompt=LONG)) == 1
+
+
+async def test_long_and_short_prompts_batch_apart_and_equal_their_runs_alone(tiny_engine, batching_engine):
+    requests = [
+        request(prompt="a fox", seed=1, n=2),
+        request(prompt=LONG + "with a cat", seed=2, n=1),
+        request(prompt="a cat", seed=3, n=1, negative_prompt=LONG + FOX),
+        request(prompt="a dog", seed=4, n=1),
+    ]
+    alone = [await tiny_engine.generate(r) for r in requests]
+    together = await asyncio.gather(*(batching_engine.generate(r) for r in requests))
+    for a, b in zip(alone, together, strict=True):
+        assert all(np.abs(pixels(x) - pixels(y)).max() <= 3 for x, y in zip(a, b, strict=True))
+    dog = await tiny_engine.generate(request(prompt=LONG + "with a dog", seed=2, n=1))
+    assert not np.array_equal(pixels(alone[1][0]), pixels(dog[0]))  # the words after token 75 count
+
+
+def test_sdxl_reads_long_prompts_in_windows(sdxl_engine):
+    pipe = sdxl_engine._pipelines(None).txt2img
+    encoder = prompt_encoder(pipe)
+    arguments = conditioning_arguments(encoder, rows_for(request(prompt=LONG, n=1)))
+    own = pipe.encode_prompt(LONG, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+    assert arguments["prompt_embeds"].shape[1] == 2 * 77
+    assert torch.allclose(arguments["prompt_embeds"][:, :77], own[0], atol=1e-5)
+    assert torch.allclose(arguments["pooled_prompt_embeds"], own[2], atol=1e-5)  # the first window's
+    assert not arguments["negative_prompt_embeds"].any()  # SDXL: an empty negative is zeros, all of it

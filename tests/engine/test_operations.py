@@ -216,14 +216,6 @@ def test_lru_cache_evicts_the_least_recently_used():
 # -- batching --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def batching_engine(tiny_model_dir):
-    engine = LocalDiffusersEngine(str(tiny_model_dir), device="cpu", max_batch=4, batch_window=0.5)
-    asyncio.run(engine.start())
-    yield engine
-    asyncio.run(engine.close())
-
-
 def test_batch_keys():
     assert batch_key(request(), "m") == batch_key(
         request(prompt="other", seed=1, n=4, negative_prompt="x"), "m"
