@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import sys
@@ -28,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from transformers import CLIPTokenizer  # noqa: E402
 
 from engine.base import GenerationRequest  # noqa: E402
 from engine.local import LocalDiffusersEngine  # noqa: E402
@@ -58,6 +60,22 @@ def mixed_requests(count: int, size: int, steps: int) -> list[GenerationRequest]
         )  # fmt: skip
         for i in range(count)
     ]
+
+
+def long_prompt_requests(
+    count: int, size: int, steps: int, tokenizer: CLIPTokenizer
+) -> tuple[list[GenerationRequest], int]:
+    """Every second job with a prompt of two encoder windows (76-150 tokens), which run in a call of their own;
+    also the long prompts' token count."""
+    details = ["fine detail"]
+    while len(tokenizer(", ".join(details), add_special_tokens=False).input_ids) < 110:
+        details.append(f"fine detail {len(details)}")
+    detail = ", ".join(details)
+    tokens = len(tokenizer(f"a painting of thing 1, {detail}", add_special_tokens=False).input_ids)
+    return [
+        dataclasses.replace(request, prompt=f"{request.prompt}, {detail}") if i % 2 else request
+        for i, request in enumerate(requests(count, size, steps))
+    ], tokens
 
 
 async def round_time(
@@ -194,6 +212,22 @@ async def main() -> int:
         print(
             f"mixed stylize/chaos/:: jobs:  {jobs / mixed_off:7.2f} images/s unbatched, {jobs / mixed_on:7.2f} batched "
             f"x{mixed_off / mixed_on:.2f} (each row its own guidance and embedding)"
+        )  # fmt: skip
+        long_batch, tokens = long_prompt_requests(
+            jobs, size, steps, CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+        )
+        long_on = await measure(
+            model,
+            device,
+            long_batch,
+            max_batch=jobs,
+            preview_every=1,
+            rounds=args.rounds,
+            dtype=dtype,
+        )
+        print(
+            f"half the prompts long ({tokens} tokens): {jobs / long_on:7.2f} images/s batched, vs {jobs / on:.2f} all short "
+            f"(x{long_on / on:.2f} the time: two calls per round instead of one)"
         )  # fmt: skip
         if args.gpu:
             plain = plain_diffusers(model, batch, args.rounds)

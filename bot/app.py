@@ -159,6 +159,9 @@ class ImagineBot(commands.Bot):
                 return
             if self._watchdog is not None:
                 self._watchdog.cancel()
+                # awaited and dropped: a cancelled task still referenced keeps its database cursor alive
+                await asyncio.gather(self._watchdog, return_exceptions=True)
+                self._watchdog = None
             await self.scheduler.stop(grace=SHUTDOWN_GRACE)
             await super().close()
             if self.database is not None:

@@ -44,8 +44,8 @@ def _leave_running(task: asyncio.Future[Any]) -> None:
 
 def _forget(task: asyncio.Future[Any]) -> None:
     _left_running.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("work finished after its caller gave up, with an error", exc_info=task.exception())
+    if not task.cancelled() and task.exception() is not None:  # e.g. a refusal nobody is waiting for
+        log.info("work its caller gave up on ended with %s", type(task.exception()).__name__)
 
 
 class Deadline:

@@ -308,7 +308,8 @@ class JobService:
         job.model = self.defaults.model
         lock = self.quotas.lock(job.user_id)
         deadline = Deadline(ADMISSION_TIMEOUT)  # waiting for the lock counts too
-        await asyncio.wait_for(lock.acquire(), deadline.left())
+        async with asyncio.timeout(deadline.left()):  # cancelling a lock's waiter is safe
+            await lock.acquire()
         try:
             admission = await deadline.wait(self._admission(job, user_name, mode))
         except BaseException:

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 LOOKUP_TIMEOUT = 1.2
 """Seconds the database lookups of one click may take together before it is answered "busy"; admission
 then has ``bot.jobs.ADMISSION_TIMEOUT`` (1.5 s), which keeps the answer within Discord's 3 s."""
+FAVOURITE_SLOW = "The bot is busy: your ❤️ is being saved. No need to press it again."
 DEDUPE_SECONDS = 10.0
 """A second click of the same button by the same user within this time (or while the first job is
 still live) makes no new job."""
@@ -367,8 +368,8 @@ async def _favourite(interaction: discord.Interaction, job: Job | None, deadline
             _results(interaction.client).toggle_favourite(interaction.user.id, job.id),
             deadline.left() + LOOKUP_TIMEOUT,  # no admission after it: it may use that time too
         )
-    except TimeoutError:
-        await interaction.response.send_message("The bot is busy; try that button again.", ephemeral=True)
+    except TimeoutError:  # the toggle still happens: pressing again would undo it
+        await interaction.response.send_message(FAVOURITE_SLOW, ephemeral=True)
         return
     text = "❤️ Added to your favourites." if now_favourite else "Removed from your favourites."
     await interaction.response.send_message(text, ephemeral=True)

@@ -127,8 +127,11 @@ def conditioning_arguments(encoder: PromptEncoder | None, rows: Sequence[Row]) -
         arguments["prompt"] = [row.plain_prompt for row in rows]
         arguments["negative_prompt"] = [row.plain_negative for row in rows]
         return arguments
-    # the tiles of a job share their texts: encode each distinct (prompt, negative) pair once
-    pairs = list(dict.fromkeys((row.plain_prompt, row.plain_negative) for row in rows))
+    windows = {text: encoder.windows(text) for row in rows for text in (row.plain_prompt, row.plain_negative)}
+    # the tiles of a job share their texts: encode each distinct (prompt, negative) pair once, here the
+    # first window of each (the whole text when it fits; ``_with_long_prompts`` adds the other windows)
+    firsts = [(windows[row.plain_prompt][0], windows[row.plain_negative][0]) for row in rows]
+    pairs = list(dict.fromkeys(firsts))
     with torch.no_grad():
         encoded = encoder.pipe.encode_prompt(
             prompt=[p for p, _ in pairs],
@@ -137,13 +140,13 @@ def conditioning_arguments(encoder: PromptEncoder | None, rows: Sequence[Row]) -
             do_classifier_free_guidance=True,
             negative_prompt=[n for _, n in pairs],
         )
-    index = torch.tensor([pairs.index((row.plain_prompt, row.plain_negative)) for row in rows])
+    index = torch.tensor([pairs.index(first) for first in firsts])
 
     def per_row(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.index_select(0, index.to(tensor.device))
 
     positive, negative = _with_long_prompts(
-        encoder, rows, _with_weights(encoder, per_row(encoded[0]), rows), per_row(encoded[1])
+        encoder, rows, windows, _with_weights(encoder, per_row(encoded[0]), rows), per_row(encoded[1])
     )
     embeds = _with_chaos_noise(positive, rows)
     arguments["prompt_embeds"] = embeds
@@ -184,11 +187,13 @@ def prompt_windows(encoder: PromptEncoder | None, request: GenerationRequest) ->
 
 
 def _with_long_prompts(
-    encoder: PromptEncoder, rows: Sequence[Row], positive: torch.Tensor, negative: torch.Tensor
+    encoder: PromptEncoder,
+    rows: Sequence[Row],
+    windows: dict[str, list[str]],
+    positive: torch.Tensor,
+    negative: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Append the windows after the first (which ``encode_prompt`` gave) to long rows, pad the others."""
-    texts = {row.plain_negative for row in rows} | {row.plain_prompt for row in rows if not row.weighted}
-    windows = {text: encoder.windows(text) for text in texts}
     positive_rest = [[] if row.weighted else windows[row.plain_prompt][1:] for row in rows]
     negative_rest = [windows[row.plain_negative][1:] for row in rows]
     count = 1 + max(len(rest) for rest in positive_rest + negative_rest)
@@ -236,17 +241,37 @@ class PromptEncoder:
     zero_empty_negative: bool  # SDXL's force_zeros_for_empty_prompt: "" is a zero embedding, not encoded
 
     def windows(self, text: str) -> list[str]:
-        """``text`` as the encoder reads it: itself (``encode_prompt`` cuts it after the first window),
-        then the text of each following window of tokens, up to ``MAX_PROMPT_WINDOWS`` in all."""
+        """``text`` in the pieces the encoder reads whole: itself when it fits one window (75 tokens), else
+        the text of each window of its tokens, up to ``MAX_PROMPT_WINDOWS``.
+
+        A window's text is decoded from its tokens, and decoding is not always undone by encoding (a word
+        or a multi-byte character cut at the edge): a window ends a token earlier until its text encodes
+        into the window whole and no character is cut; the rest starts the next window.
+        """
         tokenizer = self.pipe.tokenizer
         size = tokenizer.model_max_length - 2  # the start and end tokens take two places
-        ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+
+        def tokens(piece: str) -> list[int]:
+            return tokenizer(piece, add_special_tokens=False, truncation=False, verbose=False).input_ids
+
+        ids = tokens(text)
         if len(ids) <= size:
             return [text]
-        if len(ids) > size * MAX_PROMPT_WINDOWS:
-            log.info("a prompt of %d tokens is read up to token %d", len(ids), size * MAX_PROMPT_WINDOWS)
-        ends = range(size, min(len(ids), size * MAX_PROMPT_WINDOWS), size)
-        return [text, *(tokenizer.decode(ids[start : start + size]) for start in ends)]
+        pieces: list[str] = []
+        start = 0
+        while start < len(ids) and len(pieces) < MAX_PROMPT_WINDOWS:
+            end = min(start + size, len(ids))
+            piece = tokenizer.decode(ids[start:end])
+            while end - start > 1 and (
+                len(tokens(piece)) > size or ("\ufffd" in piece and "\ufffd" not in text)
+            ):
+                end -= 1
+                piece = tokenizer.decode(ids[start:end])
+            pieces.append(piece)
+            start = end
+        if start < len(ids):
+            log.info("a prompt of %d tokens is read up to token %d", len(ids), start)
+        return pieces
 
 
 def prompt_encoder(pipe: Any) -> PromptEncoder | None:

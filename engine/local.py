@@ -508,6 +508,8 @@ class LocalDiffusersEngine:
         results: list[list[Image.Image]] = [[] for _ in jobs]
         for indices in groups.values():
             try:
+                if all(jobs[i].is_cancelled() for i in indices):  # while an earlier call ran
+                    raise _Interrupted
                 made = self._txt2img_or_img2img(loaded, [jobs[i] for i in indices])
             except _Interrupted:  # every job of this call was cancelled; the other calls go on
                 for index in indices:
