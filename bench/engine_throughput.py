@@ -68,10 +68,12 @@ def long_prompt_requests(
     """Every second job with a prompt of two encoder windows (76-150 tokens), which run in a call of their own;
     also the long prompts' token count."""
     details = ["fine detail"]
-    while len(tokenizer(", ".join(details), add_special_tokens=False).input_ids) < 110:
+    while len(tokenizer(", ".join(details), add_special_tokens=False, verbose=False).input_ids) < 110:
         details.append(f"fine detail {len(details)}")
     detail = ", ".join(details)
-    tokens = len(tokenizer(f"a painting of thing 1, {detail}", add_special_tokens=False).input_ids)
+    tokens = len(
+        tokenizer(f"a painting of thing 1, {detail}", add_special_tokens=False, verbose=False).input_ids
+    )
     return [
         dataclasses.replace(request, prompt=f"{request.prompt}, {detail}") if i % 2 else request
         for i, request in enumerate(requests(count, size, steps))
