@@ -127,7 +127,8 @@ def conditioning_arguments(encoder: PromptEncoder | None, rows: Sequence[Row]) -
         arguments["prompt"] = [row.plain_prompt for row in rows]
         arguments["negative_prompt"] = [row.plain_negative for row in rows]
         return arguments
-    windows = {text: encoder.windows(text) for row in rows for text in (row.plain_prompt, row.plain_negative)}
+    texts = dict.fromkeys(text for row in rows for text in (row.plain_prompt, row.plain_negative))
+    windows = {text: encoder.windows(text) for text in texts}  # each distinct text tokenized once
     # the tiles of a job share their texts: encode each distinct (prompt, negative) pair once, here the
     # first window of each (the whole text when it fits; ``_with_long_prompts`` adds the other windows)
     firsts = [(windows[row.plain_prompt][0], windows[row.plain_negative][0]) for row in rows]
