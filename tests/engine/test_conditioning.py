@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.base import CancelToken, EngineCancelled, GenerationRequest, Operation
+from engine.base import CancelToken, EngineCancelled, Operation
 from engine.conditioning import (
     MAX_PROMPT_WINDOWS,
     RowGuidance,
@@ -21,15 +21,9 @@ from engine.conditioning import (
     rows_for,
 )
 from engine.seeds import tile_seeds
+from tests.engine.support import pixels, small_request
 
-
-def request(**overrides) -> GenerationRequest:
-    values = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 3, "seed": 42, "n": 4}
-    return GenerationRequest(**{**values, **overrides})
-
-
-def pixels(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
+request = small_request
 
 
 @pytest.fixture(scope="module")

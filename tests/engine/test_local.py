@@ -4,6 +4,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -15,20 +16,13 @@ from engine.base import (
     EngineCancelled,
     EngineError,
     EngineOutOfMemory,
-    GenerationRequest,
     Operation,
     ProgressUpdate,
 )
 from engine.local import LocalDiffusersEngine
+from tests.engine.support import pixels, small_request
 
-
-def request(**overrides) -> GenerationRequest:
-    values = {"prompt": "a red fox in the snow", "width": 64, "height": 64, "steps": 3, "seed": 42, "n": 4}
-    return GenerationRequest(**{**values, **overrides})
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
+request = partial(small_request, prompt="a red fox in the snow")
 
 
 def test_import_engine_does_not_import_torch():

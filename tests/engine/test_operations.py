@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -17,27 +18,20 @@ from engine.base import (
     CancelToken,
     EngineCancelled,
     EngineError,
-    GenerationRequest,
     Operation,
     engine_seconds_of,
 )
 from engine.geometry import outpaint_layout, outpaint_mask, tile_boxes, upscaled_size
 from engine.local import LocalDiffusersEngine, batch_key, seamless
 from engine.models import LRUCache, ModelRegistry, registry_from_dict
+from tests.engine.support import pixels, small_request
 
-
-def request(**overrides) -> GenerationRequest:
-    values = {"prompt": "a red fox in the snow", "width": 64, "height": 64, "steps": 3, "seed": 42, "n": 2}
-    return GenerationRequest(**{**values, **overrides})
+request = partial(small_request, prompt="a red fox in the snow", n=2)
 
 
 def source(width: int = 40, height: int = 24) -> Image.Image:
     rng = np.random.default_rng(7)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
 
 
 def close(a: Image.Image, b: Image.Image) -> bool:

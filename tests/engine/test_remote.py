@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import numpy as np
 import pytest
@@ -13,7 +14,6 @@ from engine.base import (
     Engine,
     EngineCancelled,
     EngineUnavailable,
-    GenerationRequest,
     Operation,
     engine_seconds_of,
 )
@@ -21,13 +21,12 @@ from engine.local import LocalDiffusersEngine
 from engine.pool import EnginePool
 from engine.remote import RemoteEngine
 from engine.server import create_app
+from tests.engine.support import small_request
 
 TOKEN = "t0ken"
 
 
-def request(**overrides) -> GenerationRequest:
-    values = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 3, "seed": 42, "n": 2}
-    return GenerationRequest(**{**values, **overrides})
+request = partial(small_request, n=2)
 
 
 async def start_server(model_dir, **engine_options) -> TestServer:

@@ -4,12 +4,13 @@ steered only through its own concept embeddings and thresholds."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from engine.base import EngineError, EngineFlagged, GenerationRequest, Operation
+from engine.base import EngineError, EngineFlagged, Operation
 from engine.local import LocalDiffusersEngine
 from engine.safety import SafetyChecker, load_safety_checker, safety_checker_source
 from engine.settings import load_engine_settings
@@ -21,11 +22,9 @@ from engine.tiny import (
     save_tiny_safety_checker,
     set_safety_thresholds,
 )
+from tests.engine.support import small_request
 
-
-def request(**overrides) -> GenerationRequest:
-    values = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 2, "seed": 42, "n": 2}
-    return GenerationRequest(**{**values, **overrides})
+request = partial(small_request, steps=2, n=2)
 
 
 def noise(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:

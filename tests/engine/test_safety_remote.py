@@ -4,21 +4,20 @@ and never resubmitted by the pool nor counted against the engine."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import pytest
 from aiohttp.test_utils import TestServer
 
-from engine.base import EngineFlagged, GenerationRequest
+from engine.base import EngineFlagged
 from engine.pool import EnginePool
 from engine.remote import RemoteEngine, _error_from
 from engine.tiny import build_tiny_safety_checker
+from tests.engine.support import small_request
 from tests.engine.test_remote import TOKEN
 from tests.engine.test_remote import start_server as start_engine_server
 
-
-def request(**overrides) -> GenerationRequest:
-    values = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 2, "seed": 42, "n": 1}
-    return GenerationRequest(**{**values, **overrides})
+request = partial(small_request, steps=2, n=1)
 
 
 async def start_server(model_dir, *, flag: bool) -> TestServer:

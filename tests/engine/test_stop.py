@@ -2,19 +2,19 @@
 
 import asyncio
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 
 from engine.base import EngineError, GenerationRequest, ProgressUpdate
 from engine.local import batch_key, stop_step
+from tests.engine.support import small_request
 
 STEPS = 6
 
 
-def request(**overrides) -> GenerationRequest:
-    values = {"prompt": "a red fox", "width": 64, "height": 64, "steps": STEPS, "seed": 7, "n": 2}
-    return GenerationRequest(**{**values, **overrides})
+request = partial(small_request, steps=STEPS, seed=7, n=2)
 
 
 def run(engine, req: GenerationRequest) -> tuple[list, list[ProgressUpdate]]:
