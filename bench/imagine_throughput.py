@@ -44,7 +44,7 @@ async def main(args: argparse.Namespace) -> None:
     import torch
 
     from engine.tiny import save_tiny_pipeline
-    from tests.discord_emulator import DiscordEmulator
+    from sandbox.discord_emulator import DiscordEmulator
     from tests.e2e.harness import bot_settings, is_final_grid, running_bot
 
     emu = DiscordEmulator()

@@ -1,7 +1,7 @@
 """Load: many simulated users submitting /imagine through the Discord emulator, with Discord's rate limits on.
 
 How it measures: the emulator (which enforces Discord-like rate limits: global 50/s, webhook edits 5 per 2 s
-per token, channel edits 5 per 5 s per channel, see tests/discord_emulator/ratelimit.py) and the real bot
+per token, channel edits 5 per 5 s per channel, see sandbox/discord_emulator/ratelimit.py) and the real bot
 run on one event loop in this process, with a tiny random-weight SD1.x pipeline loaded through ``MODEL``
 and ``ENGINE_BATCH_MAX`` jobs per denoising call. ``--users`` users each send ``/imagine`` once (default
 tier, "free": one running and three queued jobs per user, so no one is refused), at Poisson arrival times
@@ -59,7 +59,7 @@ async def main(args: argparse.Namespace) -> None:
     import torch
 
     from engine.tiny import save_tiny_pipeline
-    from tests.discord_emulator import DiscordEmulator
+    from sandbox.discord_emulator import DiscordEmulator
     from tests.e2e.harness import bot_settings, is_final_grid, running_bot
 
     rng = random.Random(args.seed)

@@ -1,6 +1,6 @@
 """One budget for every progress edit the bot makes, so many running jobs never add up to a 429.
 
-Discord's limits that progress edits meet (see ``tests/discord_emulator/ratelimit.py`` for the numbers the
+Discord's limits that progress edits meet (see ``sandbox/discord_emulator/ratelimit.py`` for the numbers the
 emulator enforces, which follow Discord's):
 
 * Editing through an interaction token (``PATCH /webhooks/{app}/{token}/messages/...``): 5 per 2 s **per

@@ -17,7 +17,7 @@ from bot.discord_endpoints import apply_discord_endpoints
 from bot.engines import build_local_engine
 from bot.settings import Settings, load_settings
 from engine.local import LocalDiffusersEngine
-from tests.discord_emulator import DiscordEmulator
+from sandbox.discord_emulator import DiscordEmulator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_RESOLUTION = 64

@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 
 from engine.base import GenerationRequest
+from sandbox.discord_emulator import DiscordEmulator
 from storage.models import Job
 from storage.states import JobState
-from tests.discord_emulator import DiscordEmulator
 from tests.e2e.harness import InProcessBot, bot_settings, is_final_grid, running_bot, wait_for_message
 
 DEFERRED = 5

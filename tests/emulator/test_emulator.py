@@ -18,8 +18,8 @@ from discord.http import Route
 from discord.webhook.async_ import async_context, interaction_response_params
 from PIL import Image
 
-from tests.discord_emulator import CommandNotSynced, DiscordEmulator, point_discord_py_at
-from tests.discord_emulator.fixtures import emulator  # noqa: F401  (fixture)
+from sandbox.discord_emulator import CommandNotSynced, DiscordEmulator, point_discord_py_at
+from tests.emulator_fixtures import emulator  # noqa: F401  (fixture)
 
 Handler = Callable[[discord.Interaction, str], Awaitable[None]]
 
@@ -389,7 +389,7 @@ client.run(os.environ["DISCORD_TOKEN"], log_handler=None)
 async def test_bot_in_a_subprocess_and_a_restart(emu: DiscordEmulator, tmp_path: Any) -> None:
     import sys
 
-    from tests.discord_emulator.fixtures import bot_environment
+    from sandbox.discord_emulator import bot_environment
 
     script = tmp_path / "bot.py"
     script.write_text(SUBPROCESS_BOT)

@@ -5,9 +5,9 @@ Start it, point discord.py at it (``point_discord_py_at``), run a bot, then driv
 """
 
 from .clock import EmulatorClock, snowflake_time
+from .connect import bot_environment, point_discord_py_at
 from .emulator import CommandNotSynced, DiscordEmulator
 from .errors import APIError
-from .fixtures import point_discord_py_at
 from .ratelimit import Fault
 from .records import EPHEMERAL, LOADING, Attachment, Interaction, Message, RateLimitHit, RequestRecord, User
 
@@ -25,6 +25,7 @@ __all__ = [
     "RateLimitHit",
     "RequestRecord",
     "User",
+    "bot_environment",
     "point_discord_py_at",
     "snowflake_time",
 ]

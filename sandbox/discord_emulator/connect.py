@@ -1,17 +1,11 @@
-"""pytest fixtures and helpers: ``emulator`` and ``point_discord_py_at``.
-
-Enable with ``pytest_plugins = ["tests.discord_emulator.fixtures"]`` in ``tests/conftest.py``. The fixture starts and
-stops the emulator; it does not call ``assert_clean()`` (each test decides).
-"""
+"""Connect discord.py to the emulator: in this process (``point_discord_py_at``) or in a child (``bot_environment``)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
-
-import pytest_asyncio
 
 if TYPE_CHECKING:
     from .emulator import DiscordEmulator
@@ -42,16 +36,3 @@ def bot_environment(emu: DiscordEmulator) -> dict[str, str]:
         "DISCORD_GATEWAY_URL": emu.gateway_url,
         "DISCORD_TOKEN": emu.bot_token,
     }
-
-
-@pytest_asyncio.fixture
-async def emulator() -> AsyncIterator[DiscordEmulator]:
-    """A started emulator, stopped after the test."""
-    from .emulator import DiscordEmulator
-
-    emu = DiscordEmulator()
-    await emu.start()
-    try:
-        yield emu
-    finally:
-        await emu.stop()
