@@ -18,7 +18,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.image_fetch import FetchPolicy, ImageFetchError, fetch_image, load_attachment_image
 from bot.jobs import Origin
 from bot.prompt import (
     ParsedPrompt,
@@ -29,6 +28,7 @@ from bot.prompt import (
     parse_prompt,
 )
 from cogs.submitting import answer_privately, submit_job
+from engine.safe_fetch import FetchPolicy, ImageFetchError, fetch_image, load_attachment_image
 from storage.models import User
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""bot.image_fetch: SSRF policy, redirects, limits and hostile images, against a local aiohttp server."""
+"""engine.safe_fetch: SSRF policy, redirects, limits and hostile images, against a local aiohttp server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from bot.image_fetch import (
+from engine.safe_fetch import (
     DEFAULT_POLICY,
     FetchPolicy,
     ImageFetchError,

@@ -1,4 +1,7 @@
-"""Image prompts: fetch an image link safely, or check a Discord attachment, and decode it with Pillow.
+"""Fetch a user-supplied link safely (SSRF-guarded, size- and time-limited) and decode images with Pillow.
+
+Shared by the bot (image prompts), engine adapters (hosted outputs) and the engine server (webhooks), so it lives
+in the engine core, which all three may import; it knows nothing of Discord or the database.
 
 ``fetch_image(url)`` is the only way the bot downloads a user-supplied link. It guards against:
 
