@@ -76,7 +76,6 @@ from engine.geometry import (
     tile_boxes,
 )
 from engine.loading import img2img_pipeline, load_pipeline, model_family, resolve_device
-from engine.models import LRUCache, ModelRegistry, ModelSpec
 from engine.previews import (
     LATENT_RGB,
     PreviewCadence,
@@ -86,6 +85,7 @@ from engine.previews import (
     load_preview_decoder,
     taesd_preview,
 )
+from engine.registry import LRUCache, ModelRegistry, ModelSpec
 from engine.safety import SafetyChecker, load_safety_checker, safety_checker_source
 from engine.seeds import tile_seeds
 from engine.sizes import SIZE_MULTIPLE
@@ -273,7 +273,7 @@ class LocalDiffusersEngine:
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> LocalDiffusersEngine:
         """Build from ``engine.settings.EngineSettings`` (or any object with the same attributes)."""
-        from engine.models import load_registry
+        from engine.registry import load_registry
 
         registry = None
         if getattr(settings, "models_file", None):

@@ -23,7 +23,7 @@ from engine.base import (
 )
 from engine.geometry import outpaint_layout, outpaint_mask, tile_boxes, upscaled_size
 from engine.local import LocalDiffusersEngine, batch_key, seamless
-from engine.models import LRUCache, ModelRegistry, registry_from_dict
+from engine.registry import LRUCache, ModelRegistry, registry_from_dict
 from tests.engine.support import pixels, small_request
 
 request = partial(small_request, prompt="a red fox in the snow", n=2)
