@@ -123,7 +123,10 @@ class JobDefaults:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds a job may stay in each phase before it ends TIMED_OUT (its reservation released)."""
+    """Seconds a job may stay in each phase before it ends TIMED_OUT (its reservation released).
+
+    ``processing`` counts from the last progress the engine reported for the job (from the start of
+    processing until the first report), so it bounds a stall, not a long run."""
 
     queue: float = 6 * 3600
     processing: float = 900
@@ -162,6 +165,9 @@ class JobService:
         self.presenter: JobPresenter | None = None
         self._rng = rng or random.SystemRandom()
         self._cancel_tokens: dict[str, CancelToken] = {}
+        self._progress_at: dict[str, datetime] = {}
+        """When each running job last reported progress (``repo.now``): its processing time limit
+        counts from there, so a slow job that keeps moving is never ended; a stuck one still is."""
         self._recent_engine_seconds: deque[float] = deque(maxlen=20)
 
     # -- creating jobs -------------------------------------------------------------------------
@@ -365,6 +371,7 @@ class JobService:
             return
         finally:
             self._cancel_tokens.pop(job_id, None)
+            self._progress_at.pop(job_id, None)
         engine_seconds = self._charged_seconds(job, images, time.perf_counter() - started)
         try:
             job = await self.repo.transition(job_id, JobState.GENERATED, engine_seconds=engine_seconds)
@@ -391,6 +398,7 @@ class JobService:
         request = await self._request_for(job)
 
         def on_progress(update: ProgressUpdate) -> None:
+            self._progress_at[job.id] = self.repo.now()
             if self.presenter is not None:
                 self.presenter.progress(job, update)
 
@@ -519,10 +527,17 @@ class JobService:
             state = JobState(job.state)
             limit = self.timeouts.limit_for(state)
             since = as_utc(job.state_since)
+            progress = self._progress_at.get(job.id) if state == JobState.PROCESSING else None
+            if progress is not None:
+                since = max(since, as_utc(progress))
             if limit is None or (now - since).total_seconds() <= limit:
                 continue
             self.scheduler.discard(job.id)
-            reason = f"Timed out: it spent more than {format_duration(limit)} {_PHASE[state]}."
+            reason = (
+                f"Timed out: it made no progress for more than {format_duration(limit)} while generating."
+                if progress is not None
+                else f"Timed out: it spent more than {format_duration(limit)} {_PHASE[state]}."
+            )
             await self._finish_unsuccessfully(job, JobState.TIMED_OUT, reason)
             token = self._cancel_tokens.get(job.id)
             if token is not None:
