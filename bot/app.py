@@ -97,8 +97,9 @@ class ImagineBot(commands.Bot):
         )
         """Every edit of an existing message that may wait: progress edits and used-button marks."""
         self.model_aliases = model_aliases(engine)
-        self.message_mover: Callable[[], Awaitable[int]] | None = None
-        """Set by the presenter: moves live jobs' messages off interaction tokens about to die."""
+        self.maintenance: dict[str, Callable[[], Awaitable[object]]] = {}
+        """Rounds the watchdog runs besides the time limits, by name (the presenter adds its own:
+        moving messages off dying interaction tokens, refreshing places in line)."""
         self._opened = False
         self._close_lock = asyncio.Lock()
         self._shut_down = False
@@ -150,10 +151,13 @@ class ImagineBot(commands.Bot):
             await asyncio.sleep(self.watchdog_interval)
             try:
                 await self.jobs.enforce_timeouts(self.now())
-                if self.message_mover is not None:
-                    await self.message_mover()
             except Exception:
                 log.exception("watchdog round failed")
+            for name, work in list(self.maintenance.items()):
+                try:
+                    await work()
+                except Exception:
+                    log.exception("watchdog: %s failed", name)
 
     async def _sync_commands(self) -> None:
         if self.settings.discord_guild_id:

@@ -27,6 +27,7 @@ import discord
 from bot.app import ImagineBot
 from bot.edit_budget import EditBudget
 from bot.grid import encode_for_upload, make_grid
+from bot.quotas import format_duration
 from bot.throttle import ThrottledSender
 from cogs.rendering import headline, result_content, result_view
 from engine.base import ProgressUpdate
@@ -39,6 +40,8 @@ TOKEN_SAFE_AGE = timedelta(minutes=14)
 """Interaction tokens die after 15 minutes; stop using one a minute before."""
 TOKEN_MOVE_AGE = timedelta(minutes=13)
 """The watchdog moves a live job's message to a channel message once its token is this old."""
+LINE_REFRESH_INTERVAL = timedelta(seconds=10)
+"""A waiting job's place in line and ETA are rewritten at most this often (when they changed)."""
 
 
 class Stage(IntEnum):
@@ -53,6 +56,9 @@ class _MessageState:
     stage: Stage = Stage.WAITING
     sender: ThrottledSender[ProgressUpdate] | None = None
     content: str | None = None  # the last text shown, for moving the message
+    waiting: Job | None = None  # while it waits: the job, for updating its place in line
+    line_shown_at: datetime | None = None  # when its place in line was last written
+    line_text: str | None = None
 
 
 class DiscordPresenter:
@@ -73,12 +79,45 @@ class DiscordPresenter:
     # -- JobPresenter ----------------------------------------------------------------------------
 
     async def queued(self, job: Job, position: int | None) -> None:
-        where = f" · {position} in line" if position and position > 1 else ""
+        state = self._state(job.id)
+        state.waiting, state.line_shown_at = job, self.now()
+        state.line_text = self._waiting_text(job, position)
+        await self._edit(job, Stage.WAITING, content=state.line_text)
+
+    def _waiting_text(self, job: Job, position: int | None) -> str:
+        where = ""
+        if position and position > 1:
+            eta = self.bot.jobs.eta_seconds(position)
+            where = f" · {position} in line" + (f", ~{format_duration(eta)}" if eta is not None else "")
         note = f"\n{job.params.note}" if job.params.note else ""
-        await self._edit(job, Stage.WAITING, content=f"{headline(job)} (Waiting to start{where}){note}")
+        return f"{headline(job)} (Waiting to start{where}){note}"
+
+    async def refresh_waiting(self) -> int:
+        """Rewrite the place in line and ETA of waiting jobs whose line moved; returns how many.
+
+        At most one such edit per job per ``LINE_REFRESH_INTERVAL`` (on the bot's clock), each a
+        low-priority edit of the shared budget, so progress edits always go first."""
+        updated = 0
+        for job_id, state in list(self._messages.items()):
+            job = state.waiting
+            if job is None or state.stage != Stage.WAITING or state.line_shown_at is None:
+                continue
+            if self.now() - state.line_shown_at < LINE_REFRESH_INTERVAL:
+                continue
+            text = self._waiting_text(job, self.bot.scheduler.position(job_id))
+            if text == state.line_text:
+                continue
+            await self.budget.acquire_spare(channel=self._edit_channel(job))
+            if state.stage != Stage.WAITING:
+                continue  # it started meanwhile: its progress edit supersedes this one
+            state.line_shown_at, state.line_text = self.now(), text
+            await self._edit(job, Stage.WAITING, content=text)
+            updated += 1
+        return updated
 
     def progress(self, job: Job, update: ProgressUpdate) -> None:
         state = self._state(job.id)
+        state.waiting = None
         if state.stage == Stage.FINAL:
             return
         if state.sender is None:
@@ -236,8 +275,10 @@ async def setup(bot: ImagineBot) -> None:
         bot, bot.settings.progress_edit_interval, now=bot.now, budget=bot.edit_budget
     )
     bot.jobs.presenter = presenter
-    bot.message_mover = presenter.move_aging_messages
+    bot.maintenance["move aging messages"] = presenter.move_aging_messages
+    bot.maintenance["refresh places in line"] = presenter.refresh_waiting
 
 
 async def teardown(bot: ImagineBot) -> None:
-    bot.message_mover = None
+    bot.maintenance.pop("move aging messages", None)
+    bot.maintenance.pop("refresh places in line", None)
