@@ -78,9 +78,9 @@ CHILD_OPERATIONS: dict[str, frozenset[Operation]] = {
 }
 """The kinds of job a button makes, with the engine operations a single image's buttons may ask for."""
 
-_NOT_INHERITED = frozenset({"note", "init_image_key", "strength", "n", "reply_to", "remixed"})
+_NOT_INHERITED = frozenset({"note", "init_image_key", "strength", "n", "reply_to", "remixed", "mark_message"})
 """Parent params that describe the parent only (its queue note, its image prompt, its img2img knobs)."""
-_NOT_INHERITED_BY_REROLL = frozenset({"note", "n", "reply_to", "remixed"})
+_NOT_INHERITED_BY_REROLL = frozenset({"note", "n", "reply_to", "remixed", "mark_message"})
 
 ADMISSION_TIMEOUT = 1.5
 """Seconds admission may take before the interaction must be answered (Discord allows 3)."""

@@ -21,6 +21,8 @@ from storage.jobs import JobRepository
 from storage.models import Job, JobKind
 from storage.results import ResultRepository
 
+MARKS_KEPT = timedelta(days=2)
+"""Pending used-button marks older than this are dropped at start-up (the message is long scrolled by)."""
 DEDUPE_SECONDS = 10.0
 """A second click of the same button by the same user within this time (or while the first job is
 still live) makes no new job."""
@@ -149,6 +151,26 @@ class ResultService:
     async def used_buttons(self, parent_id: str) -> set[str]:
         """The ``used_key``s of the buttons of ``parent_id`` that made a job."""
         return {key for key in map(action_of, await self.repo.children(parent_id)) if key is not None}
+
+    async def pending_marks(self) -> list[tuple[int, int, Job]]:
+        """(channel id, message id, parent) of every used-button edit a button's job still waits for
+        (``JobParams.mark_message``), from the last ``MARKS_KEPT``; one per message."""
+        pending: dict[int, tuple[int, int, Job]] = {}
+        for child in await self.repo.children_since(self.now() - MARKS_KEPT):
+            target = child.params.mark_message
+            if target is None or child.parent_job_id is None or target[1] in pending:
+                continue
+            parent = await self.jobs.find(child.parent_job_id)
+            if parent is not None:
+                pending[target[1]] = (target[0], target[1], parent)
+        return list(pending.values())
+
+    async def marks_made(self, parent_id: str, message_id: int) -> None:
+        """The message now shows every used button of ``parent_id``: forget its pending marks."""
+        for child in await self.repo.children(parent_id):
+            target = child.params.mark_message
+            if target is not None and target[1] == message_id:
+                await self.jobs.update_fields(child.id, params=child.params.but(mark_message=None))
 
     async def image_count(self, job_id: str) -> int:
         return len(await self.jobs.images(job_id))

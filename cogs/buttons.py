@@ -143,6 +143,10 @@ async def _submit_child(
             await interaction.response.send_message(ALREADY_WORKING, ephemeral=True)
             return
         reply_to = _link(interaction, parent)
+        extra: dict[str, object] = {"reply_to": reply_to} if reply_to else {}
+        target = _mark_target(interaction, parent)
+        if target is not None:  # written with the job: a restart still makes the edit (ResultsCog)
+            extra["mark_message"] = target
         kind = spec.kind
         assert kind is not None  # ❤️ makes no job and never gets here
         job = await submit_job(
@@ -155,7 +159,7 @@ async def _submit_child(
                 acknowledge,
                 operation=spec.operation,
                 remix=remix,
-                extra_params={"reply_to": reply_to} if reply_to else None,
+                extra_params=extra,
             ),
         )
         made = job is not None
@@ -265,8 +269,10 @@ class ButtonMarker:
             count = await self.bot.results.image_count(parent.id)
             message = self.bot.get_partial_messageable(mark.channel_id).get_partial_message(message_id)
             await message.edit(view=result_view(parent, count, used))
+            await self.bot.results.marks_made(parent.id, message_id)
         except (discord.NotFound, discord.Forbidden):
             log.info("job %s: message %s can no longer be marked", parent.id, message_id)
+            await self.bot.results.marks_made(parent.id, message_id)
         except Exception:
             mark.attempts += 1
             log.warning(
@@ -292,17 +298,22 @@ class ButtonMarker:
             await asyncio.gather(*late, return_exceptions=True)
 
 
+def _mark_target(interaction: discord.Interaction, parent: Job) -> tuple[int, int] | None:
+    """The message whose buttons show the click: the clicked one, else the parent's message."""
+    message = interaction.message
+    if message is not None:
+        return message.channel.id, message.id
+    if parent.channel_id and parent.message_id:
+        return parent.channel_id, parent.message_id
+    return None
+
+
 def _mark_used(bot: ImagineBot, interaction: discord.Interaction, parent: Job) -> None:
     """Have the clicked message (or, without one, the parent's message) show the used buttons."""
     cog = bot.get_cog(CLICK_HANDLER_COG)
-    if not isinstance(cog, ResultsCog):
-        return
-    marker = cog.marker
-    message = interaction.message
-    if message is not None:
-        marker.mark(message.channel.id, message.id, parent)
-    elif parent.channel_id and parent.message_id:
-        marker.mark(parent.channel_id, parent.message_id, parent)
+    target = _mark_target(interaction, parent)
+    if isinstance(cog, ResultsCog) and target is not None:
+        cog.marker.mark(*target, parent)
 
 
 # -- Remix mode ---------------------------------------------------------------------------------------
@@ -376,6 +387,18 @@ class ResultsCog(commands.Cog):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
         self.marker = ButtonMarker(bot, bot.edit_budget)
+
+    async def cog_load(self) -> None:
+        """Make the used-button edits a previous process recorded but did not send (killed first)."""
+        try:
+            pending = await self.bot.results.pending_marks()
+        except Exception:
+            log.exception("could not read the pending used-button marks")
+            return
+        for channel_id, message_id, parent in pending:
+            self.marker.mark(channel_id, message_id, parent)
+        if pending:
+            log.info("resuming %d used-button marks left by the previous process", len(pending))
 
     async def handle_click(
         self, interaction: discord.Interaction, action: str, job_id: str, tile: int | None

@@ -29,6 +29,10 @@ class JobParams(BaseModel):
     """A button's result: a link to the message it came from."""
     remixed: bool = False
     """Made from a Remix edit."""
+    mark_message: tuple[int, int] | None = None
+    """A button's job: (channel id, message id) of the message whose buttons must show it as used.
+    Written with the job, before that edit is sent; cleared once it is made, so a restart makes the
+    edits a killed process left (``bot.results.ResultService.pending_marks``)."""
 
     # what the engine is asked for (beyond the row's prompt, size, steps, seed and operation)
     aspect: tuple[int, int] | None = None

@@ -24,6 +24,16 @@ class ResultRepository:
         async with self.database.sessions() as session:
             return (await session.exec(statement)).all()
 
+    async def children_since(self, since: datetime) -> Sequence[Job]:
+        """Every job made from a button since ``since``, oldest first."""
+        statement = (
+            select(Job)
+            .where(col(Job.parent_job_id).is_not(None), col(Job.created_at) >= since)
+            .order_by(col(Job.created_at))
+        )
+        async with self.database.sessions() as session:
+            return (await session.exec(statement)).all()
+
     async def duplicate_of(
         self,
         *,
