@@ -167,6 +167,18 @@ class DiscordEmulator:
                 what="the bot to RESUME after op 7",
             )
 
+    async def send_invalid_session(self, *, wait: bool = True, timeout: float = 10.0) -> None:
+        """Send op 9 INVALID_SESSION (not resumable); with ``wait``, return once the bot has IDENTIFYed
+        again and its new session is connected."""
+        before = self.gateway.identifies
+        await self.gateway.send_invalid_session()
+        if wait:
+            await self.wait_for(
+                lambda: self.gateway.identifies > before and self.gateway.connected,
+                timeout,
+                what="the bot to IDENTIFY after op 9",
+            )
+
     # -- waiting -------------------------------------------------------------------------------------------
     def _notify(self) -> None:
         self._changed.set()

@@ -174,6 +174,16 @@ class Gateway:
         await self._send(session.ws, {"op": 7, "d": None, "s": None, "t": None})
         return session
 
+    async def send_invalid_session(self) -> GatewaySession:
+        """Send op 9 INVALID_SESSION (``d: false``: not resumable) on the current connection; the
+        session is closed for good, so the bot must IDENTIFY again."""
+        session = self.current
+        if session is None or session.ws is None:
+            raise RuntimeError("no bot is connected to the emulator's gateway")
+        session.closed_for_good = True
+        await self._send(session.ws, {"op": 9, "d": False, "s": None, "t": None})
+        return session
+
     async def close_all(self) -> None:
         for ws in list(self._sockets):
             await ws.close(code=1001, message=b"emulator stopping")
