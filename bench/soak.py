@@ -3,7 +3,8 @@
 How it runs: the emulator and the bot share one event loop in this process (as in the e2e tests). The
 engine is a fast stand-in (``SoakEngine``: a few progress steps, solid-colour tiles, no torch) so the run
 measures the front door, the job lifecycle, the ledger and the Discord layer, not denoising. Commands go
-out from ``--users`` members, at most ``--in-flight`` waiting at once. Faults are drawn up front from
+out from ``--users`` members, at most ``--unanswered`` awaiting their answer and ``--in-flight`` jobs
+waiting or running at once. Faults are drawn up front from
 ``--seed`` and injected after given job numbers, so a run with the same seed meets the same faults at
 the same points (their interleaving with the bot's own work still varies with timing):
 
@@ -193,6 +194,8 @@ async def main(args: argparse.Namespace) -> int:
             while faults and faults[0][0] == index:
                 await inject(emu, runner, faults.popleft()[1], rng, run)
             await _room(runner, args.in_flight)
+            while len(pending) >= args.unanswered:  # Discord allows 3 s per answer: do not outrun the bot
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             prompt = f"soak job {index} --seed {index}"
             sent = time.perf_counter()
             interaction = await emu.invoke_slash(
@@ -307,6 +310,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--in-flight", type=int, default=40, help="commands waiting or running at once")
+    parser.add_argument("--unanswered", type=int, default=4, help="commands awaiting their answer at once")
     parser.add_argument("--faults", type=int, default=40, help="faults injected over the run")
     parser.add_argument("--engine-failures", type=float, default=0.02, help="share of jobs the engine fails")
     parser.add_argument("--seed", type=int, default=None, help="default: a random one (printed)")
