@@ -45,13 +45,16 @@ STEP_DELAY = 0.05
 class FakeBackend:
     """``python -m tests.fakes.<kind>`` as a child process (killable with SIGKILL like a crashed server)."""
 
-    def __init__(self, kind: str, log_path: Path) -> None:
+    def __init__(
+        self, kind: str, log_path: Path, *, step_delay: float = STEP_DELAY, poll: float = 0.1
+    ) -> None:
         self.kind, self.log_path = kind, log_path
+        self.step_delay, self.poll = step_delay, poll
         self.process: asyncio.subprocess.Process | None = None
         self.url = ""
 
     async def start(self) -> str:
-        args = ["--port", "0", "--step-delay", str(STEP_DELAY)]
+        args = ["--port", "0", "--step-delay", str(self.step_delay)]
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"tests.fakes.{self.kind}", *args, cwd=REPO_ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=asyncio.subprocess.PIPE,
@@ -68,9 +71,9 @@ class FakeBackend:
         """The ``ENGINE`` item for this backend."""
         host = self.url.removeprefix("http://")
         return {
-            "a1111": f"a1111+http://{host}?poll=0.1",
+            "a1111": f"a1111+http://{host}?poll={self.poll}",
             "comfyui": f"comfyui+http://{host}",
-            "replicate": f"replicate+http://r8_test@{host}/stability-ai/sdxl?poll=0.1",
+            "replicate": f"replicate+http://r8_test@{host}/stability-ai/sdxl?poll={self.poll}",
         }[self.kind]
 
     def kill(self) -> None:
@@ -88,10 +91,15 @@ class FakeBackend:
 
 @contextlib.asynccontextmanager
 async def bot_on(
-    emu: DiscordEmulator, backends: list[FakeBackend], data_dir: Path
+    emu: DiscordEmulator, backends: list[FakeBackend], data_dir: Path, **extra: object
 ) -> AsyncIterator[tuple[ImagineBot, EnginePool]]:
     settings = bot_settings(
-        emu, Path(CHECKPOINT), data_dir, engine=",".join(b.entry() for b in backends), model_resolution=64
+        emu,
+        Path(CHECKPOINT),
+        data_dir,
+        engine=",".join(b.entry() for b in backends),
+        model_resolution=64,
+        **extra,
     )
     apply_discord_endpoints(settings.discord_api_base, settings.discord_gateway_url)
     engine = build_engine(settings)

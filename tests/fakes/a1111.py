@@ -67,6 +67,7 @@ class FakeA1111:
     options: dict[str, Any] = field(default_factory=lambda: {"sd_model_checkpoint": MODELS[0]["title"]})
     checkpoints_used: list[str] = field(default_factory=list)
     finished: list[dict[str, Any]] = field(default_factory=list)  # {task, steps, interrupted} per job
+    durations: list[float] = field(default_factory=list)  # seconds each generation ran (for bench/)
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -103,6 +104,7 @@ class FakeA1111:
                 web.post("/sdapi/v1/txt2img", self.txt2img),
                 web.post("/sdapi/v1/img2img", self.img2img),
                 web.post("/internal/progress", self.internal_progress),
+                web.get("/_fake/durations", self.get_durations),
             ]
         )
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
@@ -172,6 +174,10 @@ class FakeA1111:
             }
         )
 
+    async def get_durations(self, request: web.Request) -> web.Response:
+        """Not an A1111 route: the bench reads the backend's own generation time here."""
+        return web.json_response(self.durations)
+
     async def internal_progress(self, request: web.Request) -> web.Response:
         body = await request.json()
         status = self._tasks.get(str(body.get("id_task")))
@@ -232,9 +238,11 @@ class FakeA1111:
             self.queued.set()
         async with self._lock:  # A1111's queue_lock: one generation at a time
             self._tasks[task_id] = "active"
+            started = time.perf_counter()
             try:
                 return await self._run(task_id, body, init, mask)
             finally:
+                self.durations.append(time.perf_counter() - started)
                 self._tasks[task_id] = "completed"
                 self._state, self._current_image, self._interrupt = _idle_state(), None, False
 

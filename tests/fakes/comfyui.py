@@ -89,6 +89,7 @@ class FakeComfyUI:
     interrupts: list[Any] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     finished: list[dict[str, Any]] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)  # seconds each prompt ran (for bench/)
 
     def __post_init__(self) -> None:
         self.paused = asyncio.Event()
@@ -133,6 +134,7 @@ class FakeComfyUI:
                 web.get("/object_info", self.object_info),
                 web.get("/object_info/{node_class}", self.object_info),
                 web.get("/ws", self.websocket),
+                web.get("/_fake/durations", self.get_durations),
             ]
         )
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
@@ -154,6 +156,10 @@ class FakeComfyUI:
             self._runner = None
 
     # -- routes ----------------------------------------------------------------------------------------
+
+    async def get_durations(self, request: web.Request) -> web.Response:
+        """Not a ComfyUI route: the bench reads the backend's own generation time here."""
+        return web.json_response(self.durations)
 
     async def system_stats(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -381,9 +387,11 @@ class FakeComfyUI:
                 self._wake.clear()
                 await self._wake.wait()
             self._running = self._queue.popleft()
+            started = time.perf_counter()
             try:
                 await self._execute(self._running)
             finally:
+                self.durations.append(time.perf_counter() - started)
                 self._running, self._interrupt = None, False
                 await self._broadcast_status()
 

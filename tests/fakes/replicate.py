@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import io
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +57,7 @@ class FakeReplicate:
     predictions: dict[str, dict[str, Any]] = field(default_factory=dict)
     inputs: list[dict[str, Any]] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)  # seconds each prediction ran (for bench/)
 
     def __post_init__(self) -> None:
         self.paused = asyncio.Event()
@@ -80,6 +82,7 @@ class FakeReplicate:
                 web.get("/v1/predictions/{id}", self.get_prediction),
                 web.post("/v1/predictions/{id}/cancel", self.cancel),
                 web.get("/files/{name}", self.file),
+                web.get("/_fake/durations", self.get_durations),
             ]
         )
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
@@ -98,7 +101,7 @@ class FakeReplicate:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/files/"):
+        if request.path.startswith(("/files/", "/_fake/")):
             return await handler(request)  # delivery URLs are signed, not token-protected
         header = request.headers.get("Authorization", "")
         if header not in (f"Bearer {self.token}", f"Token {self.token}"):
@@ -106,6 +109,10 @@ class FakeReplicate:
         return await handler(request)
 
     # -- routes ----------------------------------------------------------------------------------------
+
+    async def get_durations(self, request: web.Request) -> web.Response:
+        """Not a Replicate route: the bench reads the backend's own generation time here."""
+        return web.json_response(self.durations)
 
     async def get_model(self, request: web.Request) -> web.Response:
         model = f"{request.match_info['owner']}/{request.match_info['name']}"
@@ -233,6 +240,13 @@ class FakeReplicate:
     # -- the prediction's life -------------------------------------------------------------------------
 
     async def _run(self, prediction: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        try:
+            await self._predict(prediction)
+        finally:
+            self.durations.append(time.perf_counter() - started)
+
+    async def _predict(self, prediction: dict[str, Any]) -> None:
         values = prediction["input"]
         await asyncio.sleep(self.step_delay)  # "starting": booting the model
         if prediction["status"] == "canceled":
