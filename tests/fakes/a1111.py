@@ -61,6 +61,7 @@ class FakeA1111:
     pause_at: int | None = None  # the next job waits at this step until resume()
     fail_next: tuple[int, dict[str, Any]] | None = None  # (status, body) answered to the next generation
     broken_images: bool = False  # answer with base64 that is not an image
+    task_progress: bool = True  # False: no /internal/progress (older servers, some forks) -> 404
     # observed by tests
     requests: list[dict[str, Any]] = field(default_factory=list)
     interrupts: int = 0
@@ -179,9 +180,11 @@ class FakeA1111:
         return web.json_response(self.durations)
 
     async def internal_progress(self, request: web.Request) -> web.Response:
+        self.task_queried.set()
+        if not self.task_progress:
+            return web.json_response({"detail": "Not Found"}, status=404)
         body = await request.json()
         status = self._tasks.get(str(body.get("id_task")))
-        self.task_queried.set()
         return web.json_response(
             {
                 "active": status == "active",
