@@ -249,6 +249,16 @@ async def test_backend_errors_become_short_messages(fake, engine):
     await wrong.close()
 
 
+async def test_a_lost_socket_falls_back_to_polling_history(fake, engine):
+    fake.pause_at = 2
+    job = asyncio.create_task(engine.generate(request()))
+    await fake.paused.wait()
+    await fake.drop_sockets()
+    fake.resume()
+    images = await job
+    assert [im.getpixel((63, 47)) for im in images] == [colour("a red fox", 11 + i) for i in range(4)]
+
+
 async def test_a_dead_server_is_unavailable(fake, engine):
     assert await engine.health()
     fake.pause_at = 2

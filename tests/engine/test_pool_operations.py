@@ -71,4 +71,7 @@ async def test_a_dead_backend_hands_the_job_to_another_kind_with_the_same_seed(s
     first, second = pool.status()
     assert (first.kind, first.in_rotation, first.total_failures) == ("a1111", False, 1)
     assert (second.kind, second.done) == ("comfyui", 1)
+    await a1111.start(int(a1111.url.rsplit(":", 1)[1]))  # back on the same port
+    await pool.check_health()
+    assert pool.status()[0].in_rotation and pool.status()[0].healthy
     await pool.close()

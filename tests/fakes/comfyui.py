@@ -145,6 +145,11 @@ class FakeComfyUI:
         self._worker = asyncio.create_task(self._work())
         return self.url
 
+    async def drop_sockets(self) -> None:
+        """Close every WebSocket (a proxy timing out, say); prompts keep running."""
+        for socket in list(self._sockets.values()):
+            await socket.close()
+
     async def stop(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
