@@ -241,7 +241,7 @@ class A1111Engine:
             if time.monotonic() > deadline:
                 if await self._task_state(task_id) == "active":
                     await self._interrupt()
-                raise EngineError(f"{self.name} took longer than {self.job_timeout:.0f} s")
+                raise EngineError(f"{self.name} took longer than {self.job_timeout:g} s")
             if cancel is not None and cancel.cancelled and not interrupted:
                 ours = await self._task_state(task_id)
                 if ours == "active":

@@ -158,7 +158,7 @@ class ComfyUIEngine:
             outcome = None
         except TimeoutError:
             await self._cancel(prompt_id)
-            raise EngineError(f"{self.name} took longer than {self.job_timeout:.0f} s") from None
+            raise EngineError(f"{self.name} took longer than {self.job_timeout:g} s") from None
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._cancel(prompt_id))
@@ -301,7 +301,7 @@ class ComfyUIEngine:
                 raise EngineCancelled("cancelled")
             if time.monotonic() > deadline:
                 await self._cancel(prompt_id)
-                raise EngineError(f"{self.name} took longer than {self.job_timeout:.0f} s")
+                raise EngineError(f"{self.name} took longer than {self.job_timeout:g} s")
             await asyncio.sleep(self.poll_interval)
 
     async def _outputs(self, entry: dict[str, Any], n: int) -> list[Image.Image]:

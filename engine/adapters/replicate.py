@@ -272,7 +272,7 @@ class PredictionsEngine:
                 raise EngineCancelled("cancelled")
             if time.monotonic() > deadline:
                 await self._cancel(prediction_id)
-                raise EngineError(f"{self.name} took longer than {self.job_timeout:.0f} s")
+                raise EngineError(f"{self.name} took longer than {self.job_timeout:g} s")
             await asyncio.sleep(self.poll_interval)
             try:
                 prediction = await self._call("GET", f"/v1/predictions/{prediction_id}", seconds=10)

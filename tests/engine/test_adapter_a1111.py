@@ -227,6 +227,16 @@ async def test_a_server_that_cannot_say_whose_job_runs_is_never_interrupted(fake
     assert [r["seed"] for r in fake.requests] == [1, 2]  # the next job waited for the dropped one
 
 
+async def test_a_job_over_its_time_limit_is_interrupted_and_ends(fake):
+    engine = A1111Engine(fake.url, user="ada", password="s3cret", poll_interval=0.01, job_timeout=0.2)
+    fake.pause_at = 2
+    with pytest.raises(EngineError, match=r"took longer than 0.2 s"):
+        await engine.generate(request())
+    assert fake.interrupts == 1
+    fake.resume()
+    await engine.close()
+
+
 async def test_backend_errors_become_short_messages(fake, engine):
     fake.fail_next = (
         500,

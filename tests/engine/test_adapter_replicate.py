@@ -204,3 +204,14 @@ def test_progress_is_read_from_logs():
     assert progress_of("Using seed: 1\n 45%|████▌     | 9/20 [00:01<00:01,  8.1it/s]") == (9, 20)
     assert progress_of("step 3 ... 30%\n... 60%") == (60, 100)
     assert progress_of("loading weights") is None
+
+
+async def test_a_server_gone_mid_prediction_is_unavailable(fake):
+    engine = adapter(fake, lost_after=0.2)
+    fake.pause_at = 2
+    job = asyncio.create_task(engine.generate(request()))
+    await fake.paused.wait()
+    await fake.stop()
+    with pytest.raises(EngineUnavailable, match="cannot be reached"):
+        await job
+    await engine.close()
