@@ -244,6 +244,8 @@ async def test_backend_errors_become_short_messages(fake, engine):
     with pytest.raises(EngineError, match="failed in KSampler: mat1 and mat2"):
         await engine.generate(request())
     wrong = ComfyUIEngine(fake.url, checkpoint="missing.safetensors")
+    with pytest.raises(EngineError, match="MODEL 'missing.safetensors' is not a checkpoint of .*v1-5-pruned"):
+        await wrong.start()
     with pytest.raises(EngineError, match=r"refused the workflow: node 4 \(CheckpointLoaderSimple\)"):
         await wrong.generate(request())
     await wrong.close()
