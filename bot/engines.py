@@ -166,6 +166,7 @@ def build_adapter(spec: EngineSpec, settings: Any, name: str) -> Engine:
                 password=spec.token,
                 name=name,
                 sampler=options.get("sampler"),
+                upscaler=options.get("upscaler"),
                 poll_interval=float(options.get("poll", 0.5)),
                 job_timeout=float(options.get("timeout", 900)),
             )

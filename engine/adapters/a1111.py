@@ -1,10 +1,12 @@
 """``A1111Engine``: the Engine interface over an AUTOMATIC1111-compatible API (A1111 ``--api``, Forge, SD.Next).
 
 ``ENGINE=a1111+http://user:password@host:7860`` (credentials: A1111's ``--api-auth``, sent as HTTP Basic).
-Query options: ``?sampler=Euler a`` (a name from ``/sdapi/v1/samplers``), ``&poll=0.5`` (seconds between
-progress polls), ``&timeout=900`` (seconds one generation may take).
+Query options: ``?sampler=Euler a`` (a name from ``/sdapi/v1/samplers``), ``&upscaler=R-ESRGAN 4x+`` (a name
+from ``/sdapi/v1/upscalers``), ``&poll=0.5`` (seconds between progress polls), ``&timeout=900`` (seconds one
+generation may take).
 
-* Operations: txt2img, img2img (image prompts, Vary), upscales (2x Lanczos then img2img) and outpainting
+* Operations: txt2img, img2img (image prompts, Vary), upscales (2x with the ``upscaler`` option through
+  ``/sdapi/v1/extra-single-image``, else Lanczos here; then img2img at the upscale strength) and outpainting
   (img2img with a mask over the new area, ``inpainting_fill`` = original): everything our engine does.
   ``--tile`` maps to A1111's ``tiling``; ``--stop``, ``--chaos`` and ``::`` weights are not sent (A1111
   uses its own prompt syntax), the plain reading of the prompt is.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -82,6 +85,7 @@ class A1111Engine:
         password: str | None = None,
         name: str | None = None,
         sampler: str | None = None,
+        upscaler: str | None = None,
         poll_interval: float = 0.5,
         job_timeout: float = 900.0,
     ) -> None:
@@ -91,6 +95,7 @@ class A1111Engine:
         self._http = HttpClient(auth=auth)
         self._wanted_sampler = sampler
         self.sampler: str | None = None
+        self.upscaler = upscaler
         self.models: list[dict[str, Any]] = []
         self.poll_interval = poll_interval
         self.job_timeout = job_timeout
@@ -118,6 +123,16 @@ class A1111Engine:
             self.sampler = match
         else:
             self.sampler = next((n for n in PREFERRED_SAMPLERS if n in names), names[0])
+        if self.upscaler is not None:
+            upscalers = [
+                str(u.get("name")) for u in await self._get("/sdapi/v1/upscalers") if isinstance(u, dict)
+            ]
+            match = next((n for n in upscalers if n.lower() == self.upscaler.lower()), None)
+            if match is None:
+                raise EngineError(
+                    f"{self.name} has no upscaler {self.upscaler!r}; it has: {', '.join(upscalers[:12])}"
+                )
+            self.upscaler = match
 
     async def close(self) -> None:
         await self._http.close()
@@ -145,6 +160,8 @@ class A1111Engine:
         if self.sampler is None:
             await self.start()
         job = plan(request)
+        if request.operation.is_upscale and self.upscaler is not None and request.init_image is not None:
+            job = await self._upscaled(job, request.init_image)
         route = "/sdapi/v1/txt2img" if job.init_image is None else "/sdapi/v1/img2img"
         task_id = f"task(imaginebot-{uuid.uuid4().hex[:16]})"
         body = self._body(request, job, task_id)
@@ -167,6 +184,20 @@ class A1111Engine:
         for image in results:
             image.info[ENGINE_SECONDS] = seconds
         return results
+
+    async def _upscaled(self, job: Plan, original: Image.Image) -> Plan:
+        """The upscale's init image made by the server's upscaler (``extra-single-image``), at the planned size."""
+        body = {
+            "image": png_base64(original.convert("RGB")),
+            "resize_mode": 0,
+            "upscaling_resize": job.width / original.width,
+            "upscaler_1": self.upscaler,
+        }
+        answer = await self._post("/sdapi/v1/extra-single-image", body)
+        image = decode_base64_result(answer.get("image"), self.name)
+        if image.size != (job.width, job.height):
+            image = image.resize((job.width, job.height), Image.Resampling.LANCZOS)
+        return dataclasses.replace(job, init_image=image)
 
     def _body(self, request: GenerationRequest, job: Plan, task_id: str) -> dict[str, Any]:
         body: dict[str, Any] = {

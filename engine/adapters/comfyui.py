@@ -106,7 +106,9 @@ class ComfyUIEngine:
         self.checkpoints = [str(n) for n in names] if isinstance(names, list) else []
         if self.checkpoints and self.checkpoint not in self.checkpoints:
             known = ", ".join(self.checkpoints[:10])
-            raise EngineError(f"MODEL {self.checkpoint!r} is not a checkpoint of {self.name}; it has: {known}")
+            raise EngineError(
+                f"MODEL {self.checkpoint!r} is not a checkpoint of {self.name}; it has: {known}"
+            )
 
     async def close(self) -> None:
         await self._http.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 
 import aiohttp
 import pytest
@@ -22,6 +24,11 @@ from engine.base import (
 from engine.geometry import outpaint_layout
 from tests.fakes.a1111 import MODELS, FakeA1111
 from tests.fakes.pixels import colour, fake_image
+
+
+def decode_b64(text: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB")
+
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -116,7 +123,7 @@ async def test_txt2img_reads_names_maps_fields_and_reports_progress(fake, engine
     assert "override_settings" not in sent  # no --model: the server's current checkpoint
     assert updates and updates[0].step == 2 and all(u.total == 6 for u in updates)
     previews = [u.preview for u in updates if u.preview]
-    assert previews and Image.open(__import__("io").BytesIO(previews[0])).format == "JPEG"
+    assert previews and Image.open(io.BytesIO(previews[0])).format == "JPEG"
 
 
 async def test_model_alias_names_a_server_checkpoint(fake, engine):
@@ -146,6 +153,24 @@ async def test_image_operations_are_img2img(fake, engine, operation, strength, s
     assert sent["denoising_strength"] == strength and sent["steps"] == steps
     size = (128, 96) if operation.is_upscale else (64, 48)
     assert images[0].size == size and (sent["width"], sent["height"]) == size
+
+
+async def test_upscales_can_use_the_servers_upscaler(fake):
+    engine = A1111Engine(fake.url, user="ada", password="s3cret", upscaler="r-esrgan 4x+")
+    await engine.start()
+    assert engine.upscaler == "R-ESRGAN 4x+"  # the server's own spelling
+    init = fake_image("tile", 4, 64, 48)
+    images = await engine.generate(request(operation=Operation.UPSCALE_SUBTLE, init_image=init, n=1))
+    assert fake.extras[0]["upscaler_1"] == "R-ESRGAN 4x+" and fake.extras[0]["upscaling_resize"] == 2
+    sent = fake.requests[-1]
+    assert (sent["width"], sent["height"]) == (128, 96) and images[0].size == (128, 96)
+    nearest = init.resize((128, 96), Image.Resampling.NEAREST)
+    assert decode_b64(sent["init_images"][0]).tobytes() == nearest.tobytes()  # the upscaler's image, not ours
+    await engine.close()
+    unknown = A1111Engine(fake.url, user="ada", password="s3cret", upscaler="SwinIR 9x")
+    with pytest.raises(EngineError, match="no upscaler 'SwinIR 9x'; it has: None, Lanczos"):
+        await unknown.start()
+    await unknown.close()
 
 
 async def test_outpainting_sends_a_mask_and_keeps_the_original(fake, engine):

@@ -50,6 +50,7 @@ MODELS = [
         "config": None,
     },
 ]
+UPSCALERS = {"None": None, "Lanczos": None, "Nearest": None, "R-ESRGAN 4x+": "RealESRGAN_x4plus"}
 INT_FIELDS = ("steps", "width", "height", "batch_size", "n_iter", "seed")
 
 
@@ -67,6 +68,7 @@ class FakeA1111:
     interrupts: int = 0
     options: dict[str, Any] = field(default_factory=lambda: {"sd_model_checkpoint": MODELS[0]["title"]})
     checkpoints_used: list[str] = field(default_factory=list)
+    extras: list[dict[str, Any]] = field(default_factory=list)  # extra-single-image requests
     finished: list[dict[str, Any]] = field(default_factory=list)  # {task, steps, interrupted} per job
     durations: list[float] = field(default_factory=list)  # seconds each generation ran (for bench/)
 
@@ -102,6 +104,7 @@ class FakeA1111:
                 web.post("/sdapi/v1/options", self.set_options),
                 web.get("/sdapi/v1/progress", self.progress),
                 web.post("/sdapi/v1/interrupt", self.interrupt),
+                web.post("/sdapi/v1/extra-single-image", self.extra_single_image),
                 web.post("/sdapi/v1/txt2img", self.txt2img),
                 web.post("/sdapi/v1/img2img", self.img2img),
                 web.post("/internal/progress", self.internal_progress),
@@ -143,7 +146,28 @@ class FakeA1111:
         return web.json_response(MODELS)
 
     async def upscalers(self, request: web.Request) -> web.Response:
-        return web.json_response([{"name": "Lanczos", "model_name": None, "model_path": None, "scale": 4}])
+        return web.json_response(
+            [
+                {"name": name, "model_name": model, "model_path": None, "model_url": None, "scale": 4}
+                for name, model in UPSCALERS.items()
+            ]
+        )
+
+    async def extra_single_image(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        image = _decode(body.get("image"))
+        if image is None:
+            return _error(500, "UnidentifiedImageError", "cannot identify image file")
+        name = body.get("upscaler_1", "None")
+        if name not in UPSCALERS:
+            return web.json_response(
+                {"detail": f"Invalid upscaler, needs to be one of these: {', '.join(UPSCALERS)}"}, status=400
+            )
+        self.extras.append(body)
+        factor = float(body.get("upscaling_resize", 2))
+        size = (round(image.width * factor), round(image.height * factor))
+        upscaled = image.convert("RGB").resize(size, Image.Resampling.NEAREST)  # recognisably not Lanczos
+        return web.json_response({"html_info": "<p></p>", "image": b64(upscaled)})
 
     async def scripts(self, request: web.Request) -> web.Response:
         return web.json_response({"txt2img": [], "img2img": []})
