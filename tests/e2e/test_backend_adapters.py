@@ -35,6 +35,7 @@ from tests.e2e.test_imagine_flow import (
     job_id_of,
     picture,
 )
+from tests.e2e.test_tiers_and_admin import command
 
 pytestmark = pytest.mark.slow
 
@@ -166,7 +167,7 @@ async def test_imagine_against_each_backend(emu, tmp_path, kind):
 async def test_a_backend_killed_mid_job_fails_over_to_another_kind(emu, tmp_path):
     async with (
         fakes(["a1111", "comfyui"], tmp_path) as backends,
-        bot_on(emu, backends, tmp_path / "data") as (
+        bot_on(emu, backends, tmp_path / "data", admin_user_ids=str(emu.default_user.id)) as (
             bot,
             engine,
         ),
@@ -188,6 +189,10 @@ async def test_a_backend_killed_mid_job_fails_over_to_another_kind(emu, tmp_path
         assert [m.id for m in emu.messages() if is_final_grid(m)] == [grid.id]  # posted once
         jobs = await _all_jobs(bot)
         assert len(jobs) == 1 and jobs[0].seed == 3
+        lines = (await command(emu, "admin engines", user=emu.default_user)).splitlines()[1:]
+        dead, alive = lines[victim], lines[1 - victim]
+        assert f"({backends[victim].kind})" in dead and "unhealthy, out of rotation" in dead
+        assert f"({backends[1 - victim].kind}): healthy, load 0/1, 1 done" in alive and "s/image" in alive
     emu.assert_clean()
 
 
