@@ -155,6 +155,7 @@ async def test_mapping_file_decides_fields_and_operations(fake, tmp_path):
     fake.inputs.clear()
     with pytest.raises(EngineError, match="prompt is required"):  # the fake checks the model's own names
         await engine.generate(request(n=2))
+    await engine.close()
     mapping.write_text('prompt = "prompt"\nseed = "seed"\nn = ""\nwidth = "width"\nheight = "height"\n')
     engine = adapter(fake, inputs=load_input_map(mapping))
     images = await engine.generate(request(n=3))  # one prediction per tile, tile seeds
