@@ -82,8 +82,8 @@ async def _generate(request: web.Request, *, img2img: bool) -> web.Response:
             )
     prompt = _text(body, "prompt", required=True)
     negative = _text(body, "negative_prompt")
-    width = _whole(body, "width", 512, 64, MAX_SIDE)
-    height = _whole(body, "height", 512, 64, MAX_SIDE)
+    width = _whole(body, "width", server.config.resolution, 8, MAX_SIDE)
+    height = _whole(body, "height", server.config.resolution, 8, MAX_SIDE)
     width, height = width // 8 * 8, height // 8 * 8  # A1111 rounds to its latent grid too
     steps = _whole(body, "steps", server.config.steps, 1, MAX_STEPS)
     n = _whole(body, "batch_size", 1, 1, MAX_N) * _whole(body, "n_iter", 1, 1, MAX_N)
