@@ -25,7 +25,7 @@ class EngineServerJob(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=32)
     state: str = Field(max_length=16, index=True)
-    idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
+    idempotency_key: str | None = Field(default=None, max_length=200, unique=True, index=True)
     request: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     init_image: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     """The input PNG while the job may still run (a restart re-runs it); dropped when the job ends."""
