@@ -59,7 +59,8 @@ class JobRequest(BaseModel):
     cache: bool = Field(default=True, description="False: never answer from the result cache.")
     callback_url: str | None = Field(default=None, max_length=2000, description="Webhook for this job.")
     webhook_events: list[WebhookEvent] = Field(
-        default_factory=lambda: list[WebhookEvent](["completed"]), description="completed (always sent); start; progress."
+        default_factory=lambda: list[WebhookEvent](["completed"]),
+        description="completed (always sent); start; progress.",
     )
 
     @field_validator("prompt")

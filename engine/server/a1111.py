@@ -132,7 +132,9 @@ async def _generate(request: web.Request, *, img2img: bool) -> web.Response:
     if snapshot["state"] not in ("SUCCEEDED", "CANCELED"):
         failure = snapshot.get("error") or {}
         raise RequestError(
-            failure.get("message") or "the image could not be made", failure.get("code") or "engine_error", 500
+            failure.get("message") or "the image could not be made",
+            failure.get("code") or "engine_error",
+            500,
         )
     pngs = await result_images(server, snapshot)
     seeds = tile_seeds(seed, n)

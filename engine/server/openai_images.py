@@ -57,7 +57,9 @@ async def generations(request: web.Request) -> web.Response:
         raise RequestError("The body must be a JSON object.", "invalid_json", 400)
     prompt, n, size, response_format = _common(body, server)
     width, height = size or (server.config.resolution, server.config.resolution)
-    generation = GenerationRequest(prompt=prompt, width=width, height=height, steps=server.config.steps, seed=_seed(), n=n)
+    generation = GenerationRequest(
+        prompt=prompt, width=width, height=height, steps=server.config.steps, seed=_seed(), n=n
+    )
     snapshot = await run_and_wait(server, generation)
     return await _answer(request, server, snapshot, response_format, prompt)
 
