@@ -18,13 +18,12 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine.base import MAX_SEED, GenerationRequest, Operation
+from engine.base import MAX_SEED, MAX_STEPS, GenerationRequest, Operation
 from engine.chaos import MAX_CHAOS
 from engine.safe_fetch import ImageFetchError, decode_image
 
 MAX_PROMPT_CHARS = 8000
 MAX_SIDE = 2048
-MAX_STEPS = 150
 MAX_N = 16
 MAX_PROMPT_PARTS = 16
 MAX_WAIT_SECONDS = 120
