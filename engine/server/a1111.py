@@ -31,10 +31,10 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.base import MAX_SEED, GenerationRequest, Operation
+from engine.base import MAX_SEED, MAX_STEPS, GenerationRequest, Operation
 from engine.seeds import tile_seeds
 from engine.server.context import SERVER, RequestError, Server, result_images, run_and_wait
-from engine.wire import MAX_N, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, decode_base64_image
+from engine.wire import MAX_N, MAX_PROMPT_CHARS, MAX_SIDE, decode_base64_image
 
 PREFIX = "/sdapi/v1"
 A1111_JOBS = web.AppKey("a1111_jobs", set[str])

@@ -27,14 +27,17 @@ async def api(tiny_model_dir):
         host="127.0.0.1",
     )
     await server.start_server()
-    client = await asyncio.to_thread(webuiapi.WebUIApi, host="127.0.0.1", port=server.port, steps=3)
-    client.set_auth("whoever", TOKEN)  # A1111's --api-auth: the token is the Basic password
+    # webuiapi is synchronous (requests): every call runs in a thread, the server on this loop.
+    # A1111's --api-auth: the token is the Basic password, any user name.
+    client = await asyncio.to_thread(
+        webuiapi.WebUIApi, host="127.0.0.1", port=server.port, steps=3, username="whoever", password=TOKEN
+    )
     for _ in range(200):
-        if (
-            await asyncio.to_thread(client.session.get, f"http://127.0.0.1:{server.port}/healthz")
-        ).status_code == 200:
+        health = await asyncio.to_thread(client.session.get, f"http://127.0.0.1:{server.port}/healthz")
+        if health.status_code == 200:
             break
         await asyncio.sleep(0.05)
+    client.test_port = server.port
     yield client
     await server.close()
 
@@ -111,5 +114,7 @@ async def test_auth_and_unsupported_fields(api):
         await asyncio.to_thread(anonymous.txt2img, prompt="x", width=64, height=64, steps=1)
     with pytest.raises(RuntimeError, match="422"):
         await asyncio.to_thread(api.txt2img, prompt="x", width=64, height=64, steps=1, enable_hr=True)
-    with pytest.raises(RuntimeError, match="422"):
-        await asyncio.to_thread(api.set_options, {"sd_model_checkpoint": "no-such-model"})
+    refused = await asyncio.to_thread(api.set_options, {"sd_model_checkpoint": "no-such-model"})
+    assert refused["error"]["field"] == "sd_model_checkpoint"  # set_options returns the JSON as it came
+    assert await asyncio.to_thread(api.set_options, {"sd_model_checkpoint": "tiny"}) is True
+    assert (await asyncio.to_thread(api.get_options))["sd_model_checkpoint"] == "tiny"
