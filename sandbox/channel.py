@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import BodyPartReader, WSMsgType, web
+from aiohttp import BodyPartReader, WSCloseCode, WSMsgType, web
 
 from bot.gallery.web import GalleryWeb
 from sandbox.discord_emulator import CommandNotSynced, DiscordEmulator, Interaction, Message, User
@@ -55,6 +55,7 @@ class ChannelWeb:
         self.noise_only = noise_only
         self.gallery: GalleryWeb | None = None
         self._wakeups: set[asyncio.Event] = set()
+        self._sockets: set[web.WebSocketResponse] = set()
         emulator.add_listener(self._changed)
 
     def attach_gallery(self, gallery: GalleryWeb) -> None:
@@ -86,7 +87,10 @@ class ChannelWeb:
         return app
 
     async def _shutdown(self, app: web.Application) -> None:
+        """Close open pages' sockets, else the server would wait for them before it stops."""
         self.emu.remove_listener(self._changed)
+        for ws in list(self._sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"the sandbox is stopping")
         self._changed()
 
     async def page(self, request: web.Request) -> web.FileResponse:
@@ -180,6 +184,7 @@ class ChannelWeb:
         viewer = self._viewer(request)
         ws = web.WebSocketResponse(heartbeat=20)
         await ws.prepare(request)
+        self._sockets.add(ws)
         wakeup = asyncio.Event()
         self._wakeups.add(wakeup)
         reader = asyncio.create_task(self._drain(ws))
@@ -195,6 +200,7 @@ class ChannelWeb:
             pass
         finally:
             self._wakeups.discard(wakeup)
+            self._sockets.discard(ws)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader

@@ -12,8 +12,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TINY_RESOLUTION = 256
-TINY_STEPS = 12
+TINY_RESOLUTION = 128
+TINY_STEPS = 10
 
 
 class SandboxSettings(BaseSettings):

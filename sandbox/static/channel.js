@@ -49,6 +49,8 @@ function render(state) {
   note.textContent = state.model.noise_only ? `⚠ ${state.model.note}` : state.model.note;
   note.classList.toggle("noise", state.model.noise_only);
   $("gallery-link").href = `/gallery?as=${role}`;
+  $("admin-link").href = `/gallery/admin/${state.viewer.id}`;
+  $("admin-link").hidden = role !== "admin";
   const main = $("messages");
   const atBottom = main.scrollHeight - main.scrollTop - main.clientHeight < 80;
   const keep = new Set();

@@ -12,13 +12,16 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from sandbox.runner import Sandbox
 from storage.gallery import GalleryRepository
 
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = 120_000  # a wait's limit, not a delay: a loaded 2-core CI machine may need it
 GRID_BUTTONS = 9
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 async def open_channel(browser: Any, sandbox: Sandbox) -> Any:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 
 from storage.gallery import GalleryRepository
 from tests.e2e.harness import bot_settings, is_final_grid, running_bot, wait_for_message
+
+pytestmark = pytest.mark.slow
 
 LINK = re.compile(r"https?://\S+")
 
