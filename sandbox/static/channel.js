@@ -99,12 +99,14 @@ function formatContent(text) {
     .replace(/\*\*([^*]+)\*\*/g, "<b>$1</b>")
     .replace(/&lt;@!?(\d+)&gt;/g, (m, id) => `<b>@${userName(id)}</b>`)
     .replace(/&lt;(https?:\/\/[^\s&]+(?:&amp;[^\s&]+)*)&gt;/g, "$1")
+    // a jump link to another message of this channel scrolls to it, as in Discord
+    .replace(/https:\/\/discord\.com\/channels\/\d+\/\d+\/(\d+)/g, (m, id) => `<a href="#m${id}">↑ jump to the message</a>`)
     .replace(/\[([^\]]+)\]\((https?:\/\/[^\s)]+)\)/g, '<a href="$2" target="_blank">$1</a>')
     .replace(/(^|[\s(])(https?:\/\/[^\s<)]+)/g, '$1<a href="$2" target="_blank">$2</a>');
 }
 
 function renderMessage(message) {
-  const node = el("div", { class: "msg" + (message.ephemeral ? " ephemeral" : ""), "data-id": message.id });
+  const node = el("div", { class: "msg" + (message.ephemeral ? " ephemeral" : ""), "data-id": message.id, id: `m${message.id}` });
   if (message.used) {
     const what = message.used.command ? `used /${message.used.command}` : "clicked a button";
     node.append(el("div", { class: "used", text: `↳ ${message.used.user} ${what}` }));

@@ -96,7 +96,8 @@ async def test_imagine_progress_grid_upscale_and_gallery(sandbox: Sandbox, brows
     await single.locator("img.attachment").wait_for()
     assert await image_loaded(single.locator("img.attachment"))
     if target := os.environ.get("SANDBOX_SCREENSHOT"):  # how docs/sandbox.png is made
-        await page.screenshot(path=target, full_page=True)
+        await page.set_viewport_size({"width": 1100, "height": 1250})
+        await page.screenshot(path=target)
 
     assert sandbox.bot is not None and sandbox.bot.database is not None
     results = GalleryRepository(sandbox.bot.database)
