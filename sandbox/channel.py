@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import mimetypes
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,14 +275,15 @@ class ChannelWeb:
         return web.json_response({"ok": True})
 
     async def attachment(self, request: web.Request) -> web.Response:
-        aid = int(request.match_info["aid"])
-        message_files = {a.id: a for m in self.emu.messages(include_deleted=False) for a in m.attachments}
-        found = message_files.get(aid)
-        if found is None:
-            raise web.HTTPNotFound()
+        """Any file the emulator holds, also a preview an edit has since replaced (a page may still ask)."""
+        filename = request.match_info["filename"]
+        try:
+            data = self.emu.attachment_bytes(int(request.match_info["aid"]))
+        except KeyError:
+            raise web.HTTPNotFound() from None
         return web.Response(
-            body=found.data,
-            content_type=found.content_type,
+            body=data,
+            content_type=mimetypes.guess_type(filename)[0] or "application/octet-stream",
             headers={"Cache-Control": "max-age=3600"},  # an attachment's bytes never change
         )
 

@@ -34,6 +34,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 async def run(config: SandboxSettings) -> int:
     from sandbox.runner import Sandbox  # imports discord.py, torch: after the arguments are known to be valid
 
+    if config.sandbox_host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"imaginebot sandbox: listening on {config.sandbox_host}: anyone who reaches the page can act "
+            "as its users (it has no login)",
+            file=sys.stderr,
+        )
     started = time.monotonic()
     sandbox = Sandbox(config)
     print(f"imaginebot sandbox: {sandbox.model.note}", flush=True)
