@@ -85,6 +85,7 @@ async def main() -> None:
             f"run {run}: command → address printed {to_address:.1f} s, address → grid {to_grid:.1f} s, "
             f"command → first grid {to_address + to_grid:.1f} s"
         )
+    print("load average after: " + ", ".join(f"{load:.1f}" for load in os.getloadavg()))
     print(
         f"command → first grid: median {statistics.median(totals):.1f} s, min {min(totals):.1f} s, max {max(totals):.1f} s"
     )
