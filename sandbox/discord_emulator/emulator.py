@@ -98,8 +98,11 @@ class DiscordEmulator:
         self._changed = asyncio.Event()
         self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = self._runner.addresses[0][1]  # the port chosen when asked for 0
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server) and server.sockets
+        self.port = server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         await self.gateway.close_all()

@@ -103,7 +103,9 @@ async def test_imagine_progress_grid_upscale_and_gallery(sandbox: Sandbox, brows
     results = GalleryRepository(sandbox.bot.database)
     member = sandbox.users.member.id
     # the message is posted before the job is marked SUCCEEDED; the gallery lists succeeded jobs
-    await sandbox.emulator.wait_for(lambda: _count(results.results(member), 2), what="both jobs to succeed")
+    await sandbox.emulator.wait_for(
+        lambda: _count(results.results(member), 2), timeout=TIMEOUT_MS / 1000, what="both jobs to succeed"
+    )
     await page.click("#gallery-link")  # opens the gallery in a new tab, as the member
     gallery = await page.context.wait_for_event("page")
     await gallery.wait_for_load_state()

@@ -9,10 +9,10 @@ import signal
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.e2e.harness import REPO_ROOT
+from tests.sandbox.http import Client
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -51,7 +51,7 @@ async def test_sandbox_command_starts_without_configuration_and_stops_on_sigterm
             lines.append(line)
             if found := ADDRESS.search(line):
                 address = found.group(1)
-        async with httpx.AsyncClient(base_url=address) as client:
+        async with Client(base_url=address) as client:
             page = await client.get("/")
             state = (await client.get("/api/state")).json()
         assert page.status_code == 200 and "imagine" in page.text

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 
-import httpx
 import pytest
 
 from storage.gallery import GalleryRepository
 from tests.e2e.harness import bot_settings, is_final_grid, running_bot, wait_for_message
+from tests.sandbox.http import Client
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+WAIT = 120  # a limit, not a delay: a loaded 2-core machine can take a minute for the tiny model's grid
 
 LINK = re.compile(r"https?://\S+")
 
@@ -27,24 +29,32 @@ async def test_gallery_answers_privately_with_links_to_your_own_results(emu, tin
     )
     async with running_bot(settings, emu) as runner:
         ix = await emu.invoke_slash("imagine", {"prompt": "a lighthouse at dusk"})
-        await wait_for_message(emu, lambda m: m.id == ix.response_message_id and is_final_grid(m))
+        await wait_for_message(
+            emu, lambda m: m.id == ix.response_message_id and is_final_grid(m), timeout=WAIT
+        )
         assert runner.bot is not None and runner.bot.database is not None
         results = GalleryRepository(runner.bot.database)
-        await emu.wait_for(lambda: results.results(emu.default_user.id), what="the job to succeed")
+        await emu.wait_for(
+            lambda: results.results(emu.default_user.id), timeout=WAIT, what="the job to succeed"
+        )
         other = emu.add_user("other")
 
         member_ix = await emu.invoke_slash("gallery")
-        answer = await wait_for_message(emu, lambda m: m.id == member_ix.response_message_id)
+        answer = await wait_for_message(emu, lambda m: m.id == member_ix.response_message_id, timeout=WAIT)
         other_ix = await emu.invoke_slash("gallery", user=other)
-        other_answer = await wait_for_message(emu, lambda m: m.id == other_ix.response_message_id)
+        other_answer = await wait_for_message(
+            emu, lambda m: m.id == other_ix.response_message_id, timeout=WAIT
+        )
         admin_ix = await emu.invoke_slash("gallery", user=admin)
-        admin_answer = await wait_for_message(emu, lambda m: m.id == admin_ix.response_message_id)
+        admin_answer = await wait_for_message(
+            emu, lambda m: m.id == admin_ix.response_message_id, timeout=WAIT
+        )
 
         assert answer.ephemeral and other_answer.ephemeral and admin_answer.ephemeral
         (own_link,) = LINK.findall(answer.content)  # a member gets one link: their results
         (others_link,) = LINK.findall(other_answer.content)
         results_link, admin_link = LINK.findall(admin_answer.content)
-        async with httpx.AsyncClient() as client:
+        async with Client() as client:
             own = await client.get(own_link)
             others = await client.get(others_link)
             queue = await client.get(admin_link)

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 import pytest_asyncio
 from PIL import Image
@@ -21,6 +20,7 @@ from storage.db import Database
 from storage.images import LocalImageStore
 from storage.models import Favourite, Job, JobImage
 from storage.states import JobState
+from tests.sandbox.http import Client
 
 ALICE, BOB, ADMIN = 1001, 1002, 1003
 SECRET = "s" * 32
@@ -114,7 +114,7 @@ async def gallery(tmp_path) -> AsyncIterator[Gallery]:
 
 
 async def test_a_valid_link_shows_only_that_users_results_newest_first(gallery: Gallery) -> None:
-    async with httpx.AsyncClient() as client:
+    async with Client() as client:
         page = await client.get(gallery.links.link("user", ALICE))
     assert page.status_code == 200
     assert "a blue whale" in page.text and "a red fox in snow" in page.text
@@ -129,7 +129,7 @@ async def test_a_valid_link_shows_only_that_users_results_newest_first(gallery: 
 
 async def test_the_filter_and_the_full_size_images_keep_to_the_link(gallery: Gallery) -> None:
     link = gallery.links.link("user", ALICE)
-    async with httpx.AsyncClient() as client:
+    async with Client() as client:
         filtered = await client.get(link + "&q=FOX")
         own = re.findall(r'href="([^"]+\.png\?[^"]+)"', filtered.text)
         image = await client.get(gallery.base + own[0].replace("&amp;", "&"))
@@ -154,7 +154,7 @@ async def test_a_tampered_link_is_refused(gallery: Gallery) -> None:
     exp = re.search(r"exp=(\d+)", link)
     assert exp is not None
     longer = link.replace(f"exp={exp.group(1)}", f"exp={int(exp.group(1)) + 3600}")
-    async with httpx.AsyncClient() as client:
+    async with Client() as client:
         answers = [await client.get(url) for url in (other_user, flipped, longer, link.split("?")[0])]
     for answer in answers:
         assert answer.status_code == 403
@@ -165,7 +165,7 @@ async def test_a_tampered_link_is_refused(gallery: Gallery) -> None:
 async def test_an_expired_link_is_refused(gallery: Gallery) -> None:
     link = gallery.links.link("user", ALICE)
     gallery.clock.now += 60 * 60 + 1
-    async with httpx.AsyncClient() as client:
+    async with Client() as client:
         answer = await client.get(link)
     assert answer.status_code == 403
     assert "expired" in answer.text and "a red fox" not in answer.text
@@ -174,7 +174,7 @@ async def test_an_expired_link_is_refused(gallery: Gallery) -> None:
 async def test_the_admin_page_needs_an_admin_link(gallery: Gallery) -> None:
     member_link = gallery.links.link("user", BOB)
     as_admin_page = member_link.replace(f"/u/{BOB}", f"/admin/{BOB}")
-    async with httpx.AsyncClient() as client:
+    async with Client() as client:
         refused = await client.get(as_admin_page)
         admin = await client.get(gallery.links.link("admin", ADMIN))
         admin_link_as_results = await client.get(
