@@ -151,6 +151,9 @@ class Sandbox:
         async def ready() -> None:
             await emu.wait_until_ready(timeout=READY_TIMEOUT)
             await emu.wait_for_commands(["imagine"], timeout=READY_TIMEOUT)
+            assert self.bot is not None
+            # and discord.py's own READY (after GUILD_CREATE): closing before it leaves a failing task behind
+            await asyncio.wait_for(self.bot.wait_until_ready(), READY_TIMEOUT)
 
         waiter = asyncio.ensure_future(ready())
         assert self._bot_task is not None
