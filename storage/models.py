@@ -204,3 +204,7 @@ class JobImage(SQLModel, table=True):
     width: int
     height: int
     seed: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
+# The engine server's tables: registered on the same metadata, so the migrations check them too.
+from storage import server_jobs as _server_jobs  # noqa: E402, F401
