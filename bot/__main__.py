@@ -62,6 +62,10 @@ async def run(settings: Settings) -> int:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["sandbox"]:  # the bot with a local Discord emulator and a web channel
+        from sandbox.cli import main as sandbox_main
+
+        return sandbox_main(sys.argv[2:])
     try:
         settings = load_settings()
     except SettingsError as error:

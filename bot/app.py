@@ -44,6 +44,7 @@ EXTENSIONS = (
     "cogs.account",
     "cogs.preferences",
     "cogs.admin",
+    "cogs.gallery",  # adds /gallery and its web server only when GALLERY_PORT is set
 )
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TOKEN_HELP = (
     "DISCORD_TOKEN is not set. Create an application at https://discord.com/developers/applications, "
-    "open Bot → Reset Token, and put DISCORD_TOKEN=<token> in .env"
+    "open Bot → Reset Token, and put DISCORD_TOKEN=<token> in .env "
+    "(or try it without Discord first: python -m bot sandbox)"
 )
 
 
@@ -107,6 +108,24 @@ class Settings(BaseSettings):
         description="Progress edits per second for the whole bot; each job edits less often as more run "
         "(see bot/edit_budget.py; Discord allows 50 requests/s in all).",
     )
+    gallery_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve the web gallery on this port (0: any free one) and answer /gallery with signed "
+        "links; empty = off.",
+    )
+    gallery_host: str = Field(default="127.0.0.1", description="Address the gallery listens on.")
+    gallery_url: str | None = Field(
+        default=None,
+        description="The gallery's public base URL in links (default http://GALLERY_HOST:GALLERY_PORT).",
+    )
+    gallery_secret: SecretStr | None = Field(
+        default=None, description="HMAC key that signs gallery links; required with GALLERY_PORT."
+    )
+    gallery_link_minutes: float = Field(
+        default=60, gt=0, le=7 * 24 * 60, description="Minutes a /gallery link stays valid."
+    )
     log_level: str = "INFO"
 
     @field_validator("admin_user_ids", "admin_role_ids", mode="before")
@@ -133,6 +152,16 @@ class Settings(BaseSettings):
         if not value.get_secret_value().strip():
             raise ValueError(TOKEN_HELP)
         return value
+
+    @model_validator(mode="after")
+    def _gallery_needs_secret(self) -> Settings:
+        secret = self.gallery_secret.get_secret_value() if self.gallery_secret else ""
+        if self.gallery_port is not None and len(secret) < 16:
+            raise ValueError(
+                "GALLERY_SECRET must be set (16+ random characters) when GALLERY_PORT is set; "
+                "it signs the gallery links, e.g. GALLERY_SECRET=$(openssl rand -hex 32)"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:

@@ -61,6 +61,7 @@ class DiscordEmulator:
         self._attachments: dict[int, Attachment] = {}
         self._faults: list[Fault] = []
         self._changed: asyncio.Event = asyncio.Event()
+        self._listeners: list[Callable[[], None]] = []
         self.commands: dict[int | None, list[dict[str, Any]]] = {}
         self.violations: list[str] = []
         self.unhandled: list[str] = []
@@ -180,9 +181,22 @@ class DiscordEmulator:
             )
 
     # -- waiting -------------------------------------------------------------------------------------------
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (synchronously, on the emulator's loop) after every state change.
+
+        For observers such as the sandbox's web channel; it must be quick and must not raise.
+        """
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        for callback in list(self._listeners):
+            callback()
 
     async def wait_for(
         self,

@@ -79,5 +79,6 @@ async def test_bot_process_explains_a_missing_token(tmp_path):
     assert process.returncode == 2
     assert err.decode().strip().splitlines() == [
         "imaginebot: DISCORD_TOKEN is not set. Create an application at "
-        "https://discord.com/developers/applications, open Bot → Reset Token, and put DISCORD_TOKEN=<token> in .env"
+        "https://discord.com/developers/applications, open Bot → Reset Token, and put DISCORD_TOKEN=<token> in .env "
+        "(or try it without Discord first: python -m bot sandbox)"
     ]
