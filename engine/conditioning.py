@@ -72,7 +72,10 @@ class RowGuidance(float):
         cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = self.__dict__.setdefault("_scales", {})
         key = (like.device, like.dtype)
         if key not in cache:
-            cache[key] = torch.tensor(self.values, dtype=like.dtype, device=like.device)
+            scale = torch.tensor(self.values, dtype=like.dtype)
+            if like.device.type == "cuda":  # pinned + non-blocking: even the first copy does not wait
+                scale = scale.pin_memory().to(like.device, non_blocking=True)
+            cache[key] = scale.to(like.device)
         return cache[key]
 
     __rmul__ = __mul__

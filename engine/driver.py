@@ -209,7 +209,6 @@ class StepCallback:
         self.clock = options.cadence.start() if previews else None
         self.watching = [job for job in jobs if job.report is not None]
         self.first_rows = [rows[j] for j, job in enumerate(jobs) if job.report is not None]
-        self._index: torch.Tensor | None = None  # the first rows as a device index, made once per call
         self._copy: tuple[PreviewCopy, list[EngineJob]] | None = None
         loaded.capture.reset()
 
@@ -232,9 +231,8 @@ class StepCallback:
         return tensors
 
     def _start_preview(self, x0: torch.Tensor) -> None:
-        if self._index is None or self._index.device != x0.device:
-            self._index = torch.tensor(self.first_rows, device=x0.device)
-        first = x0.index_select(0, self._index)
+        # slices, not an index tensor: copying an index from pageable host memory to the GPU would sync
+        first = torch.cat([x0[row : row + 1] for row in self.first_rows])
         decoder = self.options.preview_decoder
         if decoder is not None:
             pixels, upscale = taesd_on_device(first, decoder), 1
