@@ -21,7 +21,8 @@ maps its inputs with ``REPLICATE_INPUTS`` (see ``engine/adapters``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from engine.base import Engine, EngineError
@@ -143,11 +144,15 @@ def build_local_engine(settings: Any) -> LocalDiffusersEngine:
         raise EngineError(
             f"the local engine needs the 'local' extra (pip install -e '.[local]'): {error.name} is missing"
         ) from None
-    batch_max = int(getattr(settings, "engine_batch_max", 1) or 1)
+    batch_max: int | Literal["auto"] = getattr(settings, "engine_batch_max", "auto") or "auto"
+    data_dir = getattr(settings, "data_dir", None)
     return LocalDiffusersEngine(
         settings.model,
         settings.device,
         max_batch=batch_max,
+        preview_interval=getattr(settings, "engine_preview_interval", 1.0),
+        compile_unet=getattr(settings, "engine_torch_compile", False),
+        compile_cache_dir=Path(data_dir) / "inductor-cache" if data_dir else None,
         safety_checker=getattr(settings, "engine_safety_checker", None),
     )
 

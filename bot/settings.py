@@ -61,8 +61,18 @@ class Settings(BaseSettings):
         description="Predictions-API backends: a TOML file mapping our fields to the model's input names; "
         "empty = the bundled engine/adapters/replicate_inputs.toml.",
     )
-    engine_batch_max: int = Field(
-        default=1, ge=1, le=64, description="Local engine: jobs per denoising call."
+    engine_batch_max: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        default="auto",
+        description="Local engine: jobs per denoising call; auto = from the resolution and free GPU memory "
+        "(1 on CPU).",
+    )
+    engine_preview_interval: float = Field(
+        default=1.0,
+        description="Local engine: seconds between a job's previews (0 = every step, negative = none).",
+    )
+    engine_torch_compile: bool = Field(
+        default=False,
+        description="Local engine: compile the UNet at start-up (cache in DATA_DIR/inductor-cache).",
     )
     engine_safety_checker: str = Field(
         default="",

@@ -64,8 +64,19 @@ class RowGuidance(float):
             raise RuntimeError(
                 f"per-row guidance for {len(self.values)} rows met a tensor of shape {tuple(other.shape)}"
             )
-        scale = torch.tensor(self.values, dtype=other.dtype, device=other.device)
-        return other * scale.view(-1, *([1] * (other.dim() - 1)))
+        return other * self._scale(other).view(-1, *([1] * (other.dim() - 1)))
+
+    def _scale(self, like: torch.Tensor) -> torch.Tensor:
+        """The scales as a tensor on ``like``'s device, copied there once per call, not once per step (a copy
+        from pageable host memory makes the CPU wait for the GPU)."""
+        cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = self.__dict__.setdefault("_scales", {})
+        key = (like.device, like.dtype)
+        if key not in cache:
+            scale = torch.tensor(self.values, dtype=like.dtype)
+            if like.device.type == "cuda":  # pinned + non-blocking: even the first copy does not wait
+                scale = scale.pin_memory().to(like.device, non_blocking=True)
+            cache[key] = scale.to(like.device)
+        return cache[key]
 
     __rmul__ = __mul__
 

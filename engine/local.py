@@ -1,17 +1,21 @@
-"""The in-process diffusers engine: a short pipeline driver with one worker thread and dynamic batching.
+"""The in-process diffusers engine: a worker thread that runs batches of compatible jobs.
 
-``generate`` validates the request, hands it to the engine's worker thread and awaits the result; the
-event loop keeps serving Discord meanwhile. The worker takes the oldest waiting job and, when batching is
-on (``max_batch > 1``), waits up to ``batch_window`` seconds for *compatible* jobs (same model, output
-size, steps, guidance, operation and strength, tile mode, ``--stop`` — see ``batch_key``) and runs them as one
-pipeline call with per-job prompts, negatives and seeds. From the pipeline's ``callback_on_step_end`` it
-checks every job's cancel token, builds each job's latent preview every N steps and hands a
-``ProgressUpdate`` to that job's loop with ``call_soon_threadsafe`` — ``on_progress`` always runs on the
-caller's loop thread. One cancelled job of a batch is answered at once and the others go on; an
-out-of-memory error splits the batch in halves and retries them instead of failing the jobs.
+Three parts, each in its own module:
+
+- **Which jobs share a call** — ``engine.batching`` (torch-free): the queue, the batch window, cancel,
+  out-of-memory splits, the automatic batch size.
+- **How a call runs** — ``engine.driver``: conditioning, noise, the diffusers denoising loop with its step
+  callback (cancel, previews, progress, ``--stop``), one batched VAE decode; upscales and outpainting.
+- **Where models come from** — ``engine.loading`` (one pipeline from a hub id, folder or file) and this
+  module's ``_load`` (the img2img/inpaint pipelines sharing its weights, previews, safety checker, compile).
+
+``generate`` validates the request, hands it to the worker thread and awaits the result; the event loop
+keeps serving Discord meanwhile, and ``on_progress`` always runs on the caller's loop thread.
 
 ``slots = max_batch``: the bot's scheduler runs that many workers, so that many jobs can reach the engine
-at once and be batched; the scheduler's priority order decides which jobs those are.
+at once and be batched. ``max_batch="auto"`` (the default, ``ENGINE_BATCH_MAX=auto``) is 1 on the CPU and,
+on CUDA, as many jobs of the model's default resolution as fit in the free memory after loading, up to
+``engine.batching.AUTO_BATCH_CAP`` (``auto_batch_size``); a number always wins.
 
 Seeds: every image row has its own CPU ``torch.Generator`` seeded with ``tile_seeds(seed, n)[i]``, and the
 init images of image operations are VAE-encoded deterministically (the latent mean) per job, so a job
@@ -26,6 +30,14 @@ with the model's own 4-channel UNet (the known area is re-noised from the origin
 way the original pixels are pasted back unchanged. ``tile=True`` switches every conv layer of the UNet and
 VAE to circular padding for the call (seamless textures).
 
+Compile (``compile_unet``, ``ENGINE_TORCH_COMPILE``): the UNet is compiled with ``torch.compile`` mode
+``compile_mode`` ("default": about a minute per shape on an H200; "max-autotune" did not finish in 4 minutes
+there, GPU.md), with static shapes. Image rows of a call are padded to buckets (1, 2, 4, 8, …, see
+``engine.batching.bucket``) so serving never meets a new batch size, and ``start`` compiles each bucket of the
+default resolution (guided) before it returns, logging a line per bucket. Inductor's cache lives in
+``compile_cache_dir`` (``DATA_DIR/inductor-cache`` from the settings): a restart reuses the kernels. Other
+resolutions (``--ar``) compile on first use.
+
 Safety (optional, ``safety_checker=``; see ``engine.safety``): after a batch is made, the checker looks at
 every job's images; a job with any flagged image ends with ``EngineFlagged`` (no image is returned), while
 the other jobs of the batch keep theirs. It applies to every operation.
@@ -37,181 +49,84 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
+import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from PIL import Image
 
+from engine import driver
 from engine.base import (
     ENGINE_SECONDS,
-    UPSCALE_CREATIVE_STRENGTH,
-    UPSCALE_SUBTLE_STRENGTH,
-    VARY_STRONG_STRENGTH,
-    VARY_SUBTLE_STRENGTH,
     CancelToken,
     EngineCancelled,
     EngineError,
     EngineFlagged,
     EngineOutOfMemory,
     GenerationRequest,
-    Operation,
     ProgressCallback,
     ProgressUpdate,
 )
-from engine.conditioning import Row, conditioning_arguments, prompt_encoder, prompt_windows, rows_for
-from engine.geometry import (
-    blend_weights,
-    outpaint_canvas,
-    outpaint_layout,
-    outpaint_mask,
-    output_size,
-    paste_original,
-    tile_boxes,
+from engine.batching import (
+    Interrupted,
+    Job,
+    JobQueue,
+    auto_batch_size,
+    bucket,
+    buckets,
+    groups_by,
+    run_in_halves,
+)
+from engine.conditioning import prompt_encoder, prompt_windows
+from engine.driver import (
+    MAX_SIDE,
+    Loaded,
+    Options,
+    batch_key,
+    effective_steps,
+    final_size,
+    seamless,
+    stop_step,
+    strength_of,
 )
 from engine.loading import img2img_pipeline, load_pipeline, model_family, resolve_device
 from engine.previews import (
     LATENT_RGB,
+    PREVIEW_INTERVAL,
     PreviewCadence,
     X0Capture,
-    latent_preview,
     latent_rgb_factors,
     load_preview_decoder,
-    taesd_preview,
 )
 from engine.registry import LRUCache, ModelRegistry, ModelSpec
 from engine.safety import SafetyChecker, load_safety_checker, safety_checker_source
-from engine.seeds import tile_seeds
 from engine.sizes import SIZE_MULTIPLE
 
 log = logging.getLogger(__name__)
 
-Report = Callable[[ProgressUpdate], None]
+__all__ = [
+    "MAX_SIDE",
+    "EngineStats",
+    "LocalDiffusersEngine",
+    "batch_key",
+    "effective_steps",
+    "final_size",
+    "seamless",
+    "stop_step",
+    "strength_of",
+]
 
-MAX_SIDE = 4096
-"""No output side may exceed this (upscales of upscales included)."""
-
-_IMG2IMG_OPERATIONS = (Operation.IMG2IMG, Operation.VARY_SUBTLE, Operation.VARY_STRONG)
-
-
-class _Interrupted(Exception):
-    """Raised inside the pipeline's step callback to stop denoising at once (no final VAE decode)."""
-
-
-def strength_of(request: GenerationRequest) -> float:
-    """The img2img strength an operation runs at (1.0 for text-to-image and outpainting)."""
-    return {
-        Operation.IMG2IMG: request.strength,
-        Operation.VARY_SUBTLE: VARY_SUBTLE_STRENGTH,
-        Operation.VARY_STRONG: VARY_STRONG_STRENGTH,
-        Operation.UPSCALE_SUBTLE: UPSCALE_SUBTLE_STRENGTH,
-        Operation.UPSCALE_CREATIVE: UPSCALE_CREATIVE_STRENGTH,
-    }.get(request.operation, 1.0)
-
-
-def effective_steps(request: GenerationRequest) -> int:
-    """Steps passed to the pipeline: fixed-strength operations get at least one real denoising step."""
-    strength = strength_of(request)
-    if request.operation in (Operation.TXT2IMG, Operation.IMG2IMG) or strength >= 1.0:
-        return request.steps
-    return max(request.steps, math.ceil(1 / strength))
-
-
-def stop_step(total: int, stop: float) -> int:
-    """The last denoising step run for ``--stop`` (``ceil(total * stop)``, at least 1)."""
-    return max(1, math.ceil(total * stop - 1e-9))
-
-
-def final_size(request: GenerationRequest) -> tuple[int, int]:
-    init = request.init_image.size if request.init_image is not None else None
-    return output_size(request.operation, request.width, request.height, init)
-
-
-def batch_key(request: GenerationRequest, model: str) -> tuple[Any, ...] | None:
-    """Requests with equal keys can share one denoising call; None = always alone.
-
-    Guidance is not in the key (each row gets its own scale, ``engine.conditioning.RowGuidance``), only
-    whether classifier-free guidance is on; prompts, weights, chaos and seeds are per row too.
-    """
-    if request.operation not in (Operation.TXT2IMG, *_IMG2IMG_OPERATIONS):
-        return None
-    return (
-        model,
-        request.width,
-        request.height,
-        effective_steps(request),
-        request.guidance > 1.0,  # CFG on/off
-        request.operation,
-        strength_of(request),
-        request.tile,
-        request.stop,
-    )
-
-
-@dataclass
-class _Loaded:
-    """One model's pipelines (sharing components) and its preview helpers."""
-
-    spec: ModelSpec
-    txt2img: Any
-    img2img: Any
-    inpaint: Any
-    capture: X0Capture
-    factors: torch.Tensor
-    native_inpaint: bool
-    encoder: Any = None  # compel's prompt encoder (engine.conditioning.prompt_encoder)
-
-    def size_bytes(self) -> int:
-        total = 0
-        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-            module = getattr(self.txt2img, name, None)
-            if isinstance(module, torch.nn.Module):
-                total += sum(p.numel() * p.element_size() for p in module.parameters())
-        return total
-
-
-@dataclass(eq=False)
-class _Job:
-    request: GenerationRequest
-    model: str
-    report: Report | None
-    is_cancelled: Callable[[], bool]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[list[Image.Image]]
-    outcome: list[Image.Image] | BaseException | None = None
-    delivered: bool = False
-    key: tuple[Any, ...] | None = field(default=None)
-
-    @property
-    def done(self) -> bool:
-        return self.outcome is not None
-
-    def finish(self, outcome: list[Image.Image] | BaseException) -> None:
-        if self.outcome is None:
-            self.outcome = outcome
-
-    def deliver(self) -> None:
-        if self.delivered or self.outcome is None:
-            return
-        self.delivered = True
-        outcome = self.outcome
-
-        def resolve() -> None:
-            if self.future.done():
-                return
-            if isinstance(outcome, BaseException):
-                self.future.set_exception(outcome)
-            else:
-                self.future.set_result(outcome)
-
-        with contextlib.suppress(RuntimeError):  # the caller's loop closed: nobody is waiting
-            self.loop.call_soon_threadsafe(resolve)
+_Job = Job[list[Image.Image]]
+AUTO: Literal["auto"] = "auto"
+COMPILE_MODES = ("default", "reduce-overhead")
+"""``reduce-overhead`` adds CUDA graphs; unmeasured here (no GPU in the session that wrote it)."""
+COMPILE_ROWS_PER_JOB = 4
+"""Start-up compiles buckets for ``max_batch`` jobs of this many images (a grid)."""
 
 
 class LocalDiffusersEngine:
@@ -223,52 +138,69 @@ class LocalDiffusersEngine:
         device: str = "auto",
         *,
         preview_every: int = 1,
+        preview_interval: float = PREVIEW_INTERVAL,
         name: str = "local",
         config_folder: str | None = None,
         dtype: torch.dtype | None = None,
         registry: ModelRegistry | None = None,
-        max_batch: int = 1,
+        max_batch: int | Literal["auto"] = AUTO,
         batch_window: float = 0.025,
         cache_bytes: int = 0,
         upscale_tile: int = 768,
         channels_last: bool = False,
         compile_unet: bool = False,
+        compile_mode: str = "default",
+        compile_cache_dir: str | Path | None = None,
+        compile_buckets: Sequence[int] | None = None,
         preview_decoder: Any = None,
         safety_checker: Any = None,
     ) -> None:
-        """``preview_decoder``: an ``AutoencoderTiny`` (TAESD) or a path / hub id of one, to decode the
-        previews instead of the latent→RGB matrix (see ``engine.previews``); None or ``"latent-rgb"``: the matrix.
-        ``safety_checker``: an ``engine.safety.SafetyChecker`` or a path / hub id of one; a job with a flagged
+        """``preview_interval``: seconds between a job's previews (0 = every step, negative = none);
+        ``preview_every``: only steps that are multiples of it (0 = none). ``preview_decoder``: an
+        ``AutoencoderTiny`` (TAESD) or a path / hub id of one, to decode the previews instead of the
+        latent→RGB matrix (see ``engine.previews``); None or ``"latent-rgb"``: the matrix.
+        ``compile_buckets``: the row counts compiled at start-up (default: every bucket up to ``max_batch``
+        grid jobs). ``safety_checker``: an ``engine.safety.SafetyChecker`` or a path / hub id of one; a job with a flagged
         image fails with ``EngineFlagged`` (see ``engine.safety``); None, ``""`` or ``"off"``: no checker.
         """
+        if compile_mode not in COMPILE_MODES:
+            raise EngineError(f"compile mode must be one of {', '.join(COMPILE_MODES)}")
         self.name = name
         self.model = model
         self.device = device
-        self.cadence = PreviewCadence(preview_every)
+        self.cadence = PreviewCadence(preview_interval, preview_every)
         if registry is None:
             registry = ModelRegistry.single(model, config_folder=config_folder)
         elif model in registry:
             registry = ModelRegistry(list(registry.specs.values()), model)
         self.registry = registry
-        self.max_batch = max(1, max_batch)
-        self.slots = self.max_batch
-        self.batch_window = batch_window
+        self.auto_batch = max_batch == AUTO
+        self.max_batch = self._provisional_batch() if max_batch == AUTO else max(1, int(max_batch))
         self.upscale_tile = max(64, upscale_tile - upscale_tile % SIZE_MULTIPLE)
         self.channels_last = channels_last
         self.compile_unet = compile_unet
+        self.compile_mode = compile_mode
+        self.compile_cache_dir = compile_cache_dir
+        self.compile_buckets = list(compile_buckets) if compile_buckets else None
         self._preview_source = None if preview_decoder in (None, LATENT_RGB) else preview_decoder
         self._preview_decoder: Any = None  # loaded with the first model (on its device)
         self._safety_source = safety_checker_source(safety_checker)
         self._safety_checker: SafetyChecker | None = None  # loaded with the first model (on its device)
         self._dtype = dtype
-        self._cache: LRUCache[str, _Loaded] = LRUCache(cache_bytes, _Loaded.size_bytes, self._release)
+        self._cache: LRUCache[str, Loaded] = LRUCache(cache_bytes, Loaded.size_bytes, self._release)
         self._lock = threading.Lock()  # held by the worker thread while it runs a batch
-        self._cond = threading.Condition()
-        self._pending: deque[_Job] = deque()
+        self._queue: JobQueue[list[Image.Image]] = JobQueue(self.max_batch, batch_window, driver.cancelled)
         self._worker: threading.Thread | None = None
-        self._stopping = False
         self._started = False
         self.stats = EngineStats()
+
+    @property
+    def slots(self) -> int:
+        return self.max_batch
+
+    @property
+    def batch_window(self) -> float:
+        return self._queue.window
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> LocalDiffusersEngine:
@@ -281,16 +213,20 @@ class LocalDiffusersEngine:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(
             getattr(settings, "engine_dtype", "auto")
         )
+        data_dir = getattr(settings, "data_dir", None)
         values: dict[str, Any] = dict(
             preview_every=getattr(settings, "engine_preview_every", 1),
+            preview_interval=getattr(settings, "engine_preview_interval", PREVIEW_INTERVAL),
             registry=registry,
             dtype=dtype,
-            max_batch=getattr(settings, "engine_batch_max", 1),
+            max_batch=getattr(settings, "engine_batch_max", AUTO),
             batch_window=getattr(settings, "engine_batch_window_ms", 25.0) / 1000,
             cache_bytes=int(getattr(settings, "engine_model_cache_gb", 0.0) * 2**30),
             upscale_tile=getattr(settings, "engine_upscale_tile", 768),
             channels_last=getattr(settings, "engine_channels_last", False),
             compile_unet=getattr(settings, "engine_torch_compile", False),
+            compile_mode=getattr(settings, "engine_compile_mode", "default"),
+            compile_cache_dir=Path(data_dir) / "inductor-cache" if data_dir else None,
             preview_decoder=getattr(settings, "engine_preview_decoder", LATENT_RGB),
             safety_checker=getattr(settings, "engine_safety_checker", None),
         )
@@ -300,27 +236,27 @@ class LocalDiffusersEngine:
     # -- public API --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the default model in a worker thread (loading takes seconds to minutes)."""
+        """Load the default model in a worker thread (loading takes seconds to minutes; compiling, minutes)."""
         if not self._started:
-            await asyncio.to_thread(self._pipelines, None)
+            loaded = await asyncio.to_thread(self._pipelines, None)
+            if self.auto_batch:
+                self._set_max_batch(self._auto_batch(loaded))
+            if self.compile_unet:
+                await asyncio.to_thread(self._compile_buckets, loaded)
             self._started = True
-        with self._cond:
-            if self._worker is None or not self._worker.is_alive():
-                self._stopping = False
-                self._worker = threading.Thread(target=self._work, name=f"engine-{self.name}", daemon=True)
-                self._worker.start()
+        if self._worker is None or not self._worker.is_alive():
+            self._queue.open()
+            self._worker = threading.Thread(target=self._work, name=f"engine-{self.name}", daemon=True)
+            self._worker.start()
 
     async def close(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            worker, self._worker = self._worker, None
+        left = self._queue.close()
+        worker, self._worker = self._worker, None
         if worker is not None:
             await asyncio.to_thread(worker.join)
-        for job in list(self._pending):
+        for job in left:
             job.finish(EngineError("the engine stopped"))
             job.deliver()
-        self._pending.clear()
         await asyncio.to_thread(self._unload)
         self._started = False
 
@@ -333,7 +269,7 @@ class LocalDiffusersEngine:
         """Make ``request.n`` RGB images of exactly ``final_size(request)``."""
         if not self._started or self._worker is None:
             raise EngineError("the local engine is not started")
-        _validate(request)
+        driver.validate(request)
         spec = self.registry.get(request.model)
         loop = asyncio.get_running_loop()
         abandoned = threading.Event()  # our awaiting task was cancelled: stop the work too
@@ -341,7 +277,7 @@ class LocalDiffusersEngine:
         def is_cancelled() -> bool:
             return abandoned.is_set() or (cancel is not None and cancel.cancelled)
 
-        report: Report | None = None
+        report = None
         if on_progress is not None:
             callback = on_progress
 
@@ -349,19 +285,15 @@ class LocalDiffusersEngine:
                 with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody is listening
                     loop.call_soon_threadsafe(callback, update)
 
-        job = _Job(request, spec.alias, report, is_cancelled, loop, loop.create_future())
+        job: _Job = Job(request, spec.alias, report, is_cancelled, loop, loop.create_future())
         job.key = batch_key(request, spec.alias)
-        with self._cond:
-            self._pending.append(job)
-            self._cond.notify_all()
+        self._queue.put(job)
         try:
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
             abandoned.set()
-            with self._cond:
-                if job in self._pending:  # never started: nothing to wait for
-                    self._pending.remove(job)
-                    raise
+            if self._queue.withdraw(job):  # never started: nothing to wait for
+                raise
             with contextlib.suppress(BaseException):
                 await job.future  # return only once the worker has really let go of it
             raise
@@ -372,13 +304,13 @@ class LocalDiffusersEngine:
 
     @property
     def queue_length(self) -> int:
-        return len(self._pending)
+        return len(self._queue)
 
     # -- worker thread -------------------------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
-            batch = self._next_batch()
+            batch = self._queue.take()
             if batch is None:
                 return
             with self._lock:
@@ -386,68 +318,39 @@ class LocalDiffusersEngine:
             for job in batch:
                 job.deliver()
 
-    def _next_batch(self) -> list[_Job] | None:
-        with self._cond:
-            while True:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return None
-                first = self._pending.popleft()
-                if first.is_cancelled():  # the one check before the run
-                    first.finish(EngineCancelled("cancelled"))
-                    first.deliver()
-                    continue
-                break
-            batch = [first]
-            if first.key is None or self.max_batch <= 1:
-                return batch
-            deadline = time.monotonic() + self.batch_window
-            while len(batch) < self.max_batch and not self._stopping:
-                for job in list(self._pending):
-                    if len(batch) >= self.max_batch:
-                        break
-                    if job.key == first.key:
-                        self._pending.remove(job)
-                        batch.append(job)
-                remaining = deadline - time.monotonic()
-                if len(batch) >= self.max_batch or remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            return batch
-
     def _run_batch(self, batch: list[_Job]) -> None:
         live = [job for job in batch if not job.done]
-        if not live:
-            return
+        if live:
+            run_in_halves(live, self._attempt, _is_out_of_memory, self._split)
+
+    def _split(self, size: int) -> None:
+        _free_device_memory()
+        half = size // 2
+        log.warning("out of memory at batch %s: splitting into %s + %s", size, half, size - half)
+        self.stats.oom_splits += 1
+
+    def _attempt(self, live: list[_Job]) -> None:
+        """Run ``live`` as one batch and finish each job (images, flagged, cancelled or failed); only an
+        out-of-memory error of several jobs propagates (``run_in_halves`` then splits the batch)."""
         started = time.perf_counter()
         try:
             results = self._denoise(live)
             flagged = self._safety_flags(live, results)
-        except _Interrupted:
+        except Interrupted:
             for job in live:
                 log.info("generation cancelled seed=%s", job.request.seed)
                 job.finish(EngineCancelled("cancelled"))
             return
         except Exception as error:
             if _is_out_of_memory(error):
-                _free_device_memory()
                 if len(live) > 1:
-                    half = len(live) // 2
-                    log.warning(
-                        "out of memory at batch %s: splitting into %s + %s", len(live), half, len(live) - half
-                    )
-                    self.stats.oom_splits += 1
-                    self._run_batch(live[:half])
-                    self._run_batch(live[half:])
-                    return
+                    raise
+                _free_device_memory()
                 request = live[0].request
                 log.warning("out of memory n=%s size=%sx%s", request.n, request.width, request.height)
-                live[0].finish(
-                    EngineOutOfMemory(
-                        f"out of memory making {request.n} image(s) at {request.width}x{request.height}"
-                    )
-                )
+                live[0].finish(EngineOutOfMemory(
+                    f"out of memory making {request.n} image(s) at {request.width}x{request.height}"
+                ))  # fmt: skip
                 return
             if isinstance(error, EngineError):
                 for job in live:
@@ -488,30 +391,47 @@ class LocalDiffusersEngine:
                 log.info("safety checker flagged a job seed=%s operation=%s", request.seed, request.operation)
         return flagged
 
+    def _options(self) -> Options:
+        return Options(
+            cadence=self.cadence,
+            preview_decoder=self._preview_decoder,
+            upscale_tile=self.upscale_tile,
+            pad_to_bucket=self._bucket if self.compile_unet else None,
+        )
+
+    def _bucket(self, rows: int) -> int:
+        """The smallest compiled size that holds ``rows`` (else the power-of-two bucket, compiled on first use)."""
+        sizes = sorted(self._compiled_sizes())
+        return next((size for size in sizes if size >= rows), bucket(rows, sizes[-1]))
+
+    def _compiled_sizes(self) -> list[int]:
+        return self.compile_buckets or buckets(self.max_batch * COMPILE_ROWS_PER_JOB)
+
     def _denoise(self, jobs: list[_Job]) -> list[list[Image.Image]]:
         first = jobs[0].request
         loaded = self._pipelines(jobs[0].model)
+        options = self._options()
         with seamless(loaded.txt2img, first.tile):
             if first.operation.is_upscale:
-                return [self._upscale(loaded, jobs[0])]
+                return [driver.upscale(loaded, jobs[0], options)]
             if first.operation.is_outpaint:
-                return [self._outpaint(loaded, jobs[0])]
-            return self._by_prompt_length(loaded, jobs)
+                return [driver.outpaint(loaded, jobs[0], options)]
+            return self._by_prompt_length(loaded, jobs, options)
 
-    def _by_prompt_length(self, loaded: _Loaded, jobs: list[_Job]) -> list[list[Image.Image]]:
+    def _by_prompt_length(
+        self, loaded: Loaded, jobs: list[_Job], options: Options
+    ) -> list[list[Image.Image]]:
         """One call per conditioning length (long prompts), so padding never depends on the batch."""
-        groups: dict[int, list[int]] = {}
-        for index, job in enumerate(jobs):
-            groups.setdefault(prompt_windows(loaded.encoder, job.request), []).append(index)
+        groups = groups_by(jobs, lambda job: prompt_windows(loaded.encoder, job.request))
         if len(groups) == 1:
-            return self._txt2img_or_img2img(loaded, jobs)
+            return driver.denoise(loaded, jobs, options)
         results: list[list[Image.Image]] = [[] for _ in jobs]
-        for indices in groups.values():
+        for indices in groups:
             try:
                 if all(jobs[i].is_cancelled() for i in indices):  # while an earlier call ran
-                    raise _Interrupted
-                made = self._txt2img_or_img2img(loaded, [jobs[i] for i in indices])
-            except _Interrupted:  # every job of this call was cancelled; the other calls go on
+                    raise Interrupted
+                made = driver.denoise(loaded, [jobs[i] for i in indices], options)
+            except Interrupted:  # every job of this call was cancelled; the other calls go on
                 for index in indices:
                     jobs[index].finish(EngineCancelled("cancelled"))
                     jobs[index].deliver()
@@ -520,162 +440,47 @@ class LocalDiffusersEngine:
                 results[index] = images
         return results
 
-    def _step_callback(
-        self,
-        loaded: _Loaded,
-        jobs: list[_Job],
-        rows: list[int],
-        *,
-        step_offset: int = 0,
-        total: int | None = None,
-        previews: bool = True,
-        stop: float = 1.0,
-    ) -> Callable[..., dict[str, Any]]:
-        """``callback_on_step_end`` for a batch whose job ``j`` starts at latent row ``rows[j]``.
+    # -- batch size and compile ------------------------------------------------------------------------
 
-        ``stop < 1`` (``--stop``): after step ``ceil(total * stop)`` the latents are replaced by that
-        step's predicted x0 (the current latents when the scheduler gives none) and the pipeline's
-        interrupt flag is set, so the remaining steps are skipped and the VAE decodes the unfinished x0.
-        """
-        capture, factors, cadence = loaded.capture, loaded.factors, self.cadence
-        decoder = self._preview_decoder
-        capture.reset()
-        single = len(jobs) == 1
+    def _provisional_batch(self) -> int:
+        """``auto`` before the model is loaded: 1 without CUDA (final), else the size for the free memory now."""
+        return self._auto_batch(None)
 
-        def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            running = [job for job in jobs if not job.done]
-            for job in running:
-                if job.is_cancelled():
-                    if single or all(other.done or other is job for other in running):
-                        raise _Interrupted
-                    job.finish(EngineCancelled("cancelled"))
-                    job.deliver()  # the others go on
-            step = step_offset + index + 1
-            all_steps = total or pipe.num_timesteps
-            for j, job in enumerate(jobs):
-                if job.done or job.report is None:
-                    continue
-                preview = None
-                if previews and cadence.wants(step, all_steps):
-                    x0 = capture.x0 if capture.x0 is not None else tensors["latents"]
-                    row = x0[rows[j] : rows[j] + 1]
-                    preview = (
-                        taesd_preview(row, decoder) if decoder is not None else latent_preview(row, factors)
-                    )
-                job.report(ProgressUpdate(step=step, total=all_steps, preview=preview))
-            if stop < 1.0 and index + 1 >= stop_step(pipe.num_timesteps, stop):
-                if capture.x0 is not None:
-                    tensors = {**tensors, "latents": capture.x0.to(tensors["latents"].dtype)}
-                pipe._interrupt = True  # the loop skips the remaining steps, then decodes the latents
-            return tensors
+    def _auto_batch(self, loaded: Loaded | None) -> int:
+        try:
+            device = resolve_device(self.device)
+        except EngineError:
+            return 1
+        if not device.startswith("cuda"):
+            return 1
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        resolution = self.registry.get(None).resolution or 512
+        return auto_batch_size(free, resolution, resolution, images_per_job=COMPILE_ROWS_PER_JOB)
 
-        return on_step_end
+    def _set_max_batch(self, size: int) -> None:
+        self.max_batch = size
+        self._queue.max_batch = size
+        log.info("engine batch size auto=%s (resolution and free GPU memory)", size)
 
-    def _txt2img_or_img2img(self, loaded: _Loaded, jobs: list[_Job]) -> list[list[Image.Image]]:
-        first = jobs[0].request
-        conditioning: list[Row] = []
-        generators: list[torch.Generator] = []
-        rows: list[int] = []
-        for job in jobs:
-            r = job.request
-            rows.append(len(conditioning))
-            conditioning += rows_for(r)
-            generators += [torch.Generator("cpu").manual_seed(s) for s in tile_seeds(r.seed, r.n)]
-        arguments: dict[str, Any] = {
-            **conditioning_arguments(loaded.encoder, conditioning),
-            "num_images_per_prompt": 1,
-            "num_inference_steps": effective_steps(first),
-            "generator": generators,
-            "callback_on_step_end": self._step_callback(loaded, jobs, rows, stop=first.stop),
-            "output_type": "pil",
-        }
-        if first.operation == Operation.TXT2IMG:
-            output = loaded.txt2img(width=first.width, height=first.height, **arguments)
-        else:
-            latents = torch.cat(
-                [
-                    self._encode(loaded, job.request.init_image, first.width, first.height).repeat(
-                        job.request.n, 1, 1, 1
-                    )
-                    for job in jobs
-                ]
-            )
-            output = loaded.img2img(image=latents, strength=strength_of(first), **arguments)
-        images = [_exact(image, first.width, first.height) for image in output.images]
-        return [images[rows[j] : rows[j] + job.request.n] for j, job in enumerate(jobs)]
-
-    def _encode(self, loaded: _Loaded, image: Image.Image | None, width: int, height: int) -> torch.Tensor:
-        """The deterministic (mean) latent of ``image`` resized to ``width`` x ``height``, scaled for the UNet."""
-        assert image is not None
-        pipe = loaded.img2img
-        pixels = pipe.image_processor.preprocess(
-            image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
-        ).to(device=pipe.vae.device, dtype=pipe.vae.dtype)
-        with torch.no_grad():
-            latent = pipe.vae.encode(pixels).latent_dist.mode()
-        return latent * pipe.vae.config.scaling_factor
-
-    def _upscale(self, loaded: _Loaded, job: _Job) -> list[Image.Image]:
-        request = job.request
-        assert request.init_image is not None
-        width, height = final_size(request)
-        big = request.init_image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
-        overlap = max(SIZE_MULTIPLE, (self.upscale_tile // 8) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-        boxes = tile_boxes(width, height, self.upscale_tile, overlap)
-        steps = effective_steps(request)
-        per_tile = int(steps * strength_of(request))
-        total = per_tile * len(boxes)
-        accumulated = np.zeros((request.n, height, width, 3), dtype=np.float32)
-        conditioning = conditioning_arguments(loaded.encoder, rows_for(request))
-        weights = np.zeros((height, width, 1), dtype=np.float32)
-        for index, box in enumerate(boxes):
-            crop = big.crop(box)
-            generators = [torch.Generator("cpu").manual_seed(s) for s in tile_seeds(request.seed, request.n)]
-            output = loaded.img2img(
-                image=self._encode(loaded, crop, crop.width, crop.height).repeat(request.n, 1, 1, 1),
-                strength=strength_of(request),
-                **conditioning,
-                num_inference_steps=steps,
-                generator=generators,
-                callback_on_step_end=self._step_callback(
-                    loaded, [job], [0], step_offset=index * per_tile, total=total, previews=index == 0
-                ),
-                output_type="np",
-            )
-            ramp = blend_weights(crop.width, crop.height, overlap if len(boxes) > 1 else 0)
-            left, top, right, bottom = box
-            accumulated[:, top:bottom, left:right] += output.images * ramp
-            weights[top:bottom, left:right] += ramp
-        pixels = (accumulated / np.maximum(weights, 1e-6) * 255).round().clip(0, 255).astype(np.uint8)
-        return [Image.fromarray(p) for p in pixels]
-
-    def _outpaint(self, loaded: _Loaded, job: _Job) -> list[Image.Image]:
-        request = job.request
-        assert request.init_image is not None
-        original = request.init_image.convert("RGB")
-        layout = outpaint_layout(original.width, original.height, request.operation)
-        generators = [torch.Generator("cpu").manual_seed(s) for s in tile_seeds(request.seed, request.n)]
-        output = loaded.inpaint(
-            **conditioning_arguments(loaded.encoder, rows_for(request)),
-            image=outpaint_canvas(original, layout),
-            mask_image=outpaint_mask(layout),
-            width=layout.width,
-            height=layout.height,
-            strength=1.0,
-            num_inference_steps=request.steps,
-            generator=generators,
-            callback_on_step_end=self._step_callback(loaded, [job], [0]),
-            output_type="pil",
-        )
-        return [paste_original(image, original, layout) for image in output.images]
+    def _compile_buckets(self, loaded: Loaded) -> None:
+        """Run the compiled UNet once per row bucket (guided, default resolution) so serving never compiles."""
+        resolution = self.registry.get(None).resolution or 512
+        sizes = self._compiled_sizes()
+        for number, rows in enumerate(sizes, 1):
+            log.info("engine compiling the UNet for %s image row(s) at %s² (%s/%s)…", rows, resolution, number,
+                     len(sizes))  # fmt: skip
+            started = time.perf_counter()
+            loaded.txt2img(prompt=[""] * rows, width=resolution, height=resolution, num_inference_steps=2,
+                           guidance_scale=7.0, output_type="latent")  # fmt: skip
+            log.info("engine compiled %s row(s) in %.1f s", rows, time.perf_counter() - started)
 
     # -- models ----------------------------------------------------------------------------------------
 
-    def _pipelines(self, alias: str | None) -> _Loaded:
+    def _pipelines(self, alias: str | None) -> Loaded:
         spec = self.registry.get(alias)
         return self._cache.get(spec.alias, lambda: self._load(spec))
 
-    def _load(self, spec: ModelSpec) -> _Loaded:
+    def _load(self, spec: ModelSpec) -> Loaded:
         from diffusers import AutoPipelineForInpainting
 
         device = resolve_device(self.device)
@@ -683,7 +488,9 @@ class LocalDiffusersEngine:
         if self.channels_last:
             pipe.unet.to(memory_format=torch.channels_last)
         if self.compile_unet:
-            pipe.unet = torch.compile(pipe.unet, mode="max-autotune", fullgraph=False)
+            if self.compile_cache_dir is not None:  # kernels survive a restart
+                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.compile_cache_dir))
+            pipe.unet = torch.compile(pipe.unet, mode=self.compile_mode, dynamic=False)
         if self._preview_source is not None and self._preview_decoder is None:
             self._preview_decoder = load_preview_decoder(
                 self._preview_source, pipe.vae.device, pipe.vae.dtype
@@ -710,23 +517,24 @@ class LocalDiffusersEngine:
             pipe.unet.dtype,
             attention,
             self.channels_last,
-            self.compile_unet,
-            self.max_batch,
+            self.compile_mode if self.compile_unet else "off",
+            "auto" if self.auto_batch else self.max_batch,
             "native" if native else "latent-blend fallback",
         )
-        return _Loaded(
+        return Loaded(
             spec=spec,
             txt2img=pipe,
             img2img=img2img,
             inpaint=inpaint,
             capture=X0Capture(pipe.scheduler),  # the img2img and inpaint pipelines share this scheduler
-            factors=latent_rgb_factors(model_family(pipe)),
+            factors=latent_rgb_factors(model_family(pipe)).to(pipe.vae.device),
             native_inpaint=native,
             encoder=prompt_encoder(pipe),
+            vae=pipe.vae,
         )
 
     @staticmethod
-    def _release(loaded: _Loaded) -> None:
+    def _release(loaded: Loaded) -> None:
         loaded.capture.detach()
         log.info("engine model unloaded model=%s", loaded.spec.alias)
         _free_device_memory()
@@ -756,49 +564,6 @@ class EngineStats:
         self.last_step_seconds = seconds / max(1, steps)
 
 
-@contextlib.contextmanager
-def seamless(pipe: Any, enabled: bool) -> Iterator[None]:
-    """Circular padding on every ``Conv2d`` of the UNet and VAE while the block runs (then restored)."""
-    if not enabled:
-        yield
-        return
-    convs = [
-        module
-        for name in ("unet", "vae")
-        for module in getattr(pipe, name).modules()
-        if isinstance(module, torch.nn.Conv2d)
-    ]
-    saved = [conv.padding_mode for conv in convs]
-    for conv in convs:
-        conv.padding_mode = "circular"
-    try:
-        yield
-    finally:
-        for conv, mode in zip(convs, saved, strict=True):
-            conv.padding_mode = mode
-
-
-def _validate(request: GenerationRequest) -> None:
-    if request.width <= 0 or request.height <= 0:
-        raise EngineError("width and height must be positive")
-    if request.width % SIZE_MULTIPLE or request.height % SIZE_MULTIPLE:
-        raise EngineError(f"width and height must be multiples of {SIZE_MULTIPLE}")
-    if request.n < 1 or request.steps < 1:
-        raise EngineError("n and steps must be at least 1")
-    if request.operation.needs_image and request.init_image is None:
-        raise EngineError(f"{request.operation.value} needs an init image")
-    if request.operation == Operation.IMG2IMG:
-        if not 0.0 < request.strength <= 1.0:
-            raise EngineError("strength must be in (0, 1]")
-        if int(request.steps * request.strength) < 1:
-            raise EngineError(f"strength {request.strength} leaves no denoising steps out of {request.steps}")
-    if not 0.1 <= request.stop <= 1.0:
-        raise EngineError("stop must be between 0.1 and 1.0")
-    width, height = final_size(request)
-    if max(width, height) > MAX_SIDE:
-        raise EngineError(f"the result would be {width}x{height}; the largest side allowed is {MAX_SIDE}")
-
-
 def _is_out_of_memory(error: BaseException) -> bool:
     oom_types = tuple(
         t
@@ -812,10 +577,3 @@ def _free_device_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _exact(image: Image.Image, width: int, height: int) -> Image.Image:
-    image = image.convert("RGB")
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
-    return image

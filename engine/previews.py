@@ -18,6 +18,8 @@ than a denoising step of a small model — while on a GPU it is a few millisecon
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,16 +119,89 @@ def taesd_preview(latents: torch.Tensor, decoder: Any) -> bytes:
     return encode_preview(taesd_to_rgb(latents, decoder), upscale=1)
 
 
+PREVIEW_INTERVAL = 1.0
+"""Seconds between two previews of a job by default: about what a Discord message can show (its edits are
+throttled to about one a second per job, ``bot.edit_budget``), so faster previews would never be seen."""
+
+
 @dataclass
 class PreviewCadence:
-    """Which steps get a preview: every ``every`` steps and always the last one; ``every=0`` disables."""
+    """Which steps get a preview: the first step, then the first step at least ``interval`` seconds after the
+    last preview (``interval=0``: every step; negative: none); ``every`` keeps only steps that are multiples of
+    it (``ENGINE_PREVIEW_EVERY``; 0 = none). A time cadence, not a step count: a slow CPU step and a fast GPU
+    step cost the same preview budget per second. ``start()`` gives one call's clock."""
 
+    interval: float = PREVIEW_INTERVAL
     every: int = 1
+    clock: Callable[[], float] = time.monotonic
 
-    def wants(self, step: int, total: int) -> bool:
-        if self.every <= 0:
+    @property
+    def enabled(self) -> bool:
+        return self.interval >= 0 and self.every > 0
+
+    def start(self) -> PreviewClock:
+        return PreviewClock(self)
+
+
+@dataclass
+class PreviewClock:
+    cadence: PreviewCadence
+    last: float | None = None
+
+    def due(self, step: int) -> bool:
+        cadence = self.cadence
+        if not cadence.enabled or step % cadence.every:
             return False
-        return step % self.every == 0 or step == total
+        now = cadence.clock()
+        if self.last is not None and now - self.last < cadence.interval:
+            return False
+        self.last = now
+        return True
+
+
+def rgb_on_device(latents: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """``[B,4,h,w]`` latents → ``[B,h,w,3]`` uint8 on the latents' device (no host transfer, no sync)."""
+    rgb = latents.float().permute(0, 2, 3, 1) @ factors.to(device=latents.device, dtype=torch.float32)
+    return ((rgb + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
+
+
+def taesd_on_device(latents: torch.Tensor, decoder: Any) -> torch.Tensor:
+    """``[B,4,h,w]`` latents (UNet scale) decoded by a tiny autoencoder → ``[B,8h,8w,3]`` uint8, on device."""
+    parameter = next(decoder.parameters())
+    scaling = getattr(decoder.config, "scaling_factor", 1.0) or 1.0
+    with torch.no_grad():
+        pixels = decoder.decode(latents.to(device=parameter.device, dtype=parameter.dtype) / scaling).sample
+    return ((pixels.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class PreviewCopy:
+    """Preview pixels on their way from the device to the host, never waited for.
+
+    On CUDA the pixels are copied with ``non_blocking=True`` into pinned host memory and a CUDA event is
+    recorded after the copy; ``ready()`` asks the event (``query()`` does not block), so the denoising loop
+    picks the preview up at a later step instead of stalling. On the CPU the pixels are already on the host;
+    other devices (MPS) take a plain copy.
+    """
+
+    def __init__(self, pixels: torch.Tensor, upscale: int) -> None:
+        self.upscale = upscale
+        self._event: Any = None
+        if pixels.device.type == "cuda":
+            self.host = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
+            self.host.copy_(pixels, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        elif pixels.device.type == "cpu":
+            self.host = pixels.detach()
+        else:
+            self.host = pixels.detach().to("cpu")
+
+    def ready(self) -> bool:
+        return self._event is None or bool(self._event.query())
+
+    def jpegs(self) -> list[bytes]:
+        """One JPEG per row (call only when ``ready()``)."""
+        return [encode_preview(row, upscale=self.upscale) for row in self.host.numpy()]
 
 
 class X0Capture:

@@ -8,7 +8,7 @@ documented ``MODELS_FILE``). This module must not import ``bot``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,13 +33,20 @@ class EngineSettings(BaseSettings):
     engine_dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
         default="auto", description="auto: fp16 on CUDA, fp32 on CPU."
     )
-    engine_batch_max: int = Field(
-        default=1, ge=1, le=64, description="Jobs per denoising call; 1 = no batching."
+    engine_batch_max: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        default="auto",
+        description="Jobs per denoising call: auto (from the resolution and free GPU memory on CUDA, 1 on CPU), "
+        "or a number (1 = no batching).",
     )
     engine_batch_window_ms: float = Field(
         default=25.0, ge=0, le=5000, description="How long a job waits for compatible companions."
     )
-    engine_preview_every: int = Field(default=1, ge=0, description="A preview every N steps; 0 = none.")
+    engine_preview_interval: float = Field(
+        default=1.0, description="Seconds between a job's previews (0 = every step, negative = none)."
+    )
+    engine_preview_every: int = Field(
+        default=1, ge=0, description="Previews only on steps that are multiples of N; 0 = none."
+    )
     engine_preview_decoder: str = Field(
         default="latent-rgb",
         description="Previews: latent-rgb (a cheap matrix), or a path / hub id of a TAESD AutoencoderTiny "
@@ -52,7 +59,16 @@ class EngineSettings(BaseSettings):
         "A job with a flagged image is refused as a whole.",
     )
     engine_channels_last: bool = False
-    engine_torch_compile: bool = False
+    engine_torch_compile: bool = Field(
+        default=False, description="Compile the UNet at start-up (minutes), padded to batch buckets."
+    )
+    engine_compile_mode: Literal["default", "reduce-overhead"] = Field(
+        default="default", description="torch.compile mode; reduce-overhead adds CUDA graphs (unmeasured)."
+    )
+    data_dir: Path | None = Field(
+        default=None,
+        description="Where the compile cache lives (DATA_DIR/inductor-cache); shared with the bot.",
+    )
     engine_model_cache_gb: float = Field(
         default=0.0, ge=0, description="Memory budget of cached pipelines; 0 = keep only one model."
     )

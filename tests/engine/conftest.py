@@ -31,7 +31,9 @@ def tiny_engine(tiny_model_dir: Path) -> Iterator[object]:
     """
     from engine.local import LocalDiffusersEngine
 
-    engine = LocalDiffusersEngine(str(tiny_model_dir), device="cpu")
+    engine = LocalDiffusersEngine(
+        str(tiny_model_dir), device="cpu", preview_interval=0
+    )  # a preview every step
     asyncio.run(engine.start())
     yield engine
     asyncio.run(engine.close())
@@ -42,7 +44,9 @@ def batching_engine(tiny_model_dir: Path) -> Iterator[object]:
     """An engine that gathers up to 4 jobs for half a second into one denoising call."""
     from engine.local import LocalDiffusersEngine
 
-    engine = LocalDiffusersEngine(str(tiny_model_dir), device="cpu", max_batch=4, batch_window=0.5)
+    engine = LocalDiffusersEngine(
+        str(tiny_model_dir), device="cpu", max_batch=4, batch_window=0.5, preview_interval=0
+    )
     asyncio.run(engine.start())
     yield engine
     asyncio.run(engine.close())

@@ -125,12 +125,31 @@ async def test_progress_arrives_on_the_loop_thread_in_order_with_jpeg_previews(t
 
 
 async def test_preview_cadence(tiny_model_dir):
-    engine = LocalDiffusersEngine(str(tiny_model_dir), device="cpu", preview_every=2)
+    engine = LocalDiffusersEngine(str(tiny_model_dir), device="cpu", preview_every=2, preview_interval=0)
     await engine.start()
     updates: list[ProgressUpdate] = []
     await engine.generate(request(steps=5, n=1), updates.append)
     assert [u.step for u in updates] == [1, 2, 3, 4, 5]
-    assert [u.step for u in updates if u.preview is not None] == [2, 4, 5]
+    assert [u.step for u in updates if u.preview is not None] == [2, 4]
+    await engine.close()
+
+
+async def test_default_previews_follow_the_clock(tiny_model_dir, monkeypatch):
+    """By default a job previews its first step, then at most one step per second (a fake clock here)."""
+    engine = LocalDiffusersEngine(str(tiny_model_dir), device="cpu")
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.4  # each preview decision 0.4 s after the last
+        return now[0]
+
+    engine.cadence.clock = clock
+    await engine.start()
+    updates: list[ProgressUpdate] = []
+    await engine.generate(request(steps=8, n=1), updates.append)
+    assert [u.step for u in updates] == list(range(1, 9))
+    assert [u.step for u in updates if u.preview is not None] == [1, 4, 7]  # 0.4, 1.6, 2.8 s
+    await engine.close()
 
 
 async def test_the_event_loop_keeps_running_during_generation(tiny_engine):

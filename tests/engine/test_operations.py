@@ -112,7 +112,7 @@ async def test_upscale_doubles_the_size(tiny_engine, operation):
 
 
 async def test_large_upscale_runs_in_tiles_with_previews_of_the_first_tile_only(tiny_model_dir):
-    engine = LocalDiffusersEngine(str(tiny_model_dir), device="cpu", upscale_tile=64)
+    engine = LocalDiffusersEngine(str(tiny_model_dir), device="cpu", upscale_tile=64, preview_interval=0)
     await engine.start()
     try:
         updates = []

@@ -7,11 +7,13 @@ from PIL import Image
 
 from engine.previews import (
     PreviewCadence,
+    PreviewCopy,
     X0Capture,
     encode_preview,
     latent_preview,
     latent_rgb_factors,
     latents_to_rgb,
+    rgb_on_device,
 )
 
 
@@ -47,10 +49,31 @@ def test_jpeg_preview_is_upscaled_x8():
     assert Image.open(io.BytesIO(encode_preview(np.zeros((4, 4, 3), np.uint8), upscale=1))).size == (4, 4)
 
 
+def due_steps(cadence: PreviewCadence, steps: int) -> list[int]:
+    clock = cadence.start()
+    return [s for s in range(1, steps + 1) if clock.due(s)]
+
+
 def test_cadence():
-    assert [s for s in range(1, 8) if PreviewCadence(1).wants(s, 7)] == [1, 2, 3, 4, 5, 6, 7]
-    assert [s for s in range(1, 8) if PreviewCadence(3).wants(s, 7)] == [3, 6, 7]
-    assert not any(PreviewCadence(0).wants(s, 7) for s in range(1, 8))
+    assert due_steps(PreviewCadence(0), 7) == [1, 2, 3, 4, 5, 6, 7]
+    assert due_steps(PreviewCadence(0, every=3), 7) == [3, 6]
+    assert due_steps(PreviewCadence(0, every=0), 7) == []
+    assert due_steps(PreviewCadence(-1), 7) == []
+    ticks = iter(range(100))
+    assert due_steps(PreviewCadence(2.5, clock=lambda: float(next(ticks))), 9) == [1, 4, 7]  # t = 0, 3, 6
+
+
+def test_device_pixels_and_host_copy():
+    latents = torch.zeros(3, 4, 2, 5)
+    latents[1, 3] = 1.0
+    factors = latent_rgb_factors("sd1")
+    pixels = rgb_on_device(latents, factors)
+    assert pixels.shape == (3, 2, 5, 3) and pixels.dtype == torch.uint8
+    assert np.array_equal(pixels[1].numpy(), latents_to_rgb(latents[1:2], factors))
+    copy = PreviewCopy(pixels, upscale=8)
+    assert copy.ready()  # on the CPU the pixels are already on the host
+    jpegs = copy.jpegs()
+    assert len(jpegs) == 3 and Image.open(io.BytesIO(jpegs[0])).size == (40, 16)
 
 
 def test_x0_capture_on_euler():

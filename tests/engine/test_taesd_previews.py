@@ -46,7 +46,9 @@ def test_engine_previews_come_from_the_tiny_autoencoder(tiny_model_dir, tmp_path
     if saved:
         taesd.save_pretrained(tmp_path / "taesd")
         source = str(tmp_path / "taesd")
-    engine = LocalDiffusersEngine(str(tiny_model_dir), device="cpu", preview_decoder=source)
+    engine = LocalDiffusersEngine(
+        str(tiny_model_dir), device="cpu", preview_decoder=source, preview_interval=0
+    )
     previews = previews_of(engine)
     assert engine._preview_decoder is not None
     decoder = engine._preview_decoder
@@ -66,7 +68,9 @@ def test_engine_uses_the_decoder_for_its_previews(tiny_model_dir):
     taesd = build_tiny_taesd()
     decoded: list[tuple[int, ...]] = []
     taesd.decoder.register_forward_hook(lambda module, args, output: decoded.append(tuple(output.shape)))
-    engine = LocalDiffusersEngine(str(tiny_model_dir), device="cpu", preview_decoder=taesd)
+    engine = LocalDiffusersEngine(
+        str(tiny_model_dir), device="cpu", preview_decoder=taesd, preview_interval=0
+    )
     previews = previews_of(engine)
     assert len(previews) == 2 and decoded == [(1, 3, 48, 64)] * 2
 
