@@ -192,3 +192,18 @@ class JobImage(SQLModel, table=True):
     width: int
     height: int
     seed: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
+class BotLease(SQLModel, table=True):
+    """Which bot process is the active one, when several share a Postgres database (``bot/lease.py``).
+
+    One row per lease name. The holder renews ``expires_at`` by heartbeat; another process may take the
+    row over only once it has expired. Times are the database server's clock, so hosts' clocks do not matter.
+    """
+
+    __tablename__ = "bot_lease"
+
+    name: str = Field(primary_key=True, max_length=40)
+    holder: str = Field(max_length=200)
+    acquired_at: datetime
+    expires_at: datetime
