@@ -14,9 +14,12 @@ from sqlalchemy.engine import make_url
 from bot.discord_endpoints import apply_discord_endpoints
 from bot.engines import build_engine
 from bot.lease import AnotherProcessIsActive, Ownership, ownership_for
+from bot.logs import configure_logging, quiet_loaded_libraries, secrets_of
+from bot.ops_server import Metrics, OpsServer
 from bot.settings import Settings, SettingsError, load_settings
 from bot.tiers import TierConfig, TierConfigError, load_tiers
 from engine.base import Engine, EngineError
+from storage.image_store import ImageStoreError
 from storage.migrations import MigrationError
 
 if TYPE_CHECKING:
@@ -31,6 +34,11 @@ async def run(settings: Settings) -> int:
     try:
         tiers = load_tiers(settings.tiers_file)
     except TierConfigError as error:
+        print(f"imaginebot: {error}", file=sys.stderr)
+        return 2
+    try:
+        await check_image_store(settings)  # before the model loads: a wrong bucket is told at once
+    except ImageStoreError as error:
         print(f"imaginebot: {error}", file=sys.stderr)
         return 2
     ownership = ownership_for(settings.resolved_database_url, settings.lease_seconds)
@@ -56,6 +64,7 @@ async def _run_owned(
     except EngineError as error:
         print(f"imaginebot: ENGINE: {error}", file=sys.stderr)
         return 2
+    quiet_loaded_libraries()
     log.info("loading model %s on device %s (engine %s)", settings.model, settings.device, engine.name)
     try:
         await engine.start()
@@ -63,6 +72,14 @@ async def _run_owned(
         print(f"imaginebot: could not load MODEL={settings.model}: {error}", file=sys.stderr)
         return 3
     log.info("%s", banner(settings, engine))
+    metrics = Metrics()
+    ops = (
+        OpsServer(engine, metrics, settings.http_host, settings.http_port)
+        if settings.http_port is not None
+        else None
+    )
+    if ops is not None:
+        await ops.start()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     bot: ImagineBot | None = None
@@ -78,7 +95,9 @@ async def _run_owned(
         if not await _until_active(ownership, stopping):
             log.info("stopped while on standby")
             return 0
-        bot = bot_class(settings, engine, tiers=tiers)
+        bot = bot_class(settings, engine, tiers=tiers, http_trace=metrics.discord_trace())
+        if ops is not None:
+            ops.bot = bot
         lost = asyncio.Event()
 
         async def on_lost() -> None:
@@ -100,12 +119,17 @@ async def _run_owned(
         except MigrationError as error:
             print(f"imaginebot: database: {error}", file=sys.stderr)
             return 2
+        except ImageStoreError as error:
+            print(f"imaginebot: {error}", file=sys.stderr)
+            return 2
         if lost.is_set():
             print("imaginebot: lost the bot lease to another process; stopped", file=sys.stderr)
             return 4
     finally:
         if bot is not None:
             await bot.close()  # waits for a close a signal started (jobs, database) to finish
+        if ops is not None:
+            await ops.close()
         await engine.close()
     log.info("stopped")
     return 0
@@ -120,6 +144,14 @@ async def _until_active(ownership: Ownership, stopping: asyncio.Event) -> bool:
         task.cancel()
     await asyncio.gather(active, signalled, return_exceptions=True)
     return active.done() and not active.cancelled() and active.exception() is None
+
+
+async def check_image_store(settings: Settings) -> None:
+    from bot.app import image_store_for
+
+    store = image_store_for(settings)
+    await store.start()
+    await store.close()
 
 
 def banner(settings: Settings, engine: Engine) -> str:
@@ -146,11 +178,7 @@ def main() -> int:
     except SettingsError as error:
         print(f"imaginebot: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("discord").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format, secrets_of(settings))
     apply_discord_endpoints(settings.discord_api_base, settings.discord_gateway_url)
     if settings.discord_api_base:
         log.info("Discord API: %s, gateway: %s", settings.discord_api_base, settings.discord_gateway_url)

@@ -7,8 +7,10 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import aiohttp
 import discord
 from discord.ext import commands
+from pydantic import SecretStr
 
 from bot.edit_budget import EditBudget
 from bot.jobs import JobDefaults, JobService, Timeouts
@@ -20,7 +22,7 @@ from bot.tiers import TierConfig, load_tiers
 from engine.base import Engine
 from storage.audit import AuditRepository
 from storage.db import Database
-from storage.images import LocalImageStore
+from storage.image_store import ImageStore, open_image_store
 from storage.jobs import JobRepository
 from storage.ledger import LedgerRepository
 from storage.moderation import ModerationRepository
@@ -55,6 +57,7 @@ class ImagineBot(commands.Bot):
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         guild_ready_timeout: float = 2.0,
         watchdog_interval: float = 15.0,
+        http_trace: aiohttp.TraceConfig | None = None,
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channels and roles; no privileged intents needed
@@ -63,6 +66,8 @@ class ImagineBot(commands.Bot):
             intents=intents,
             guild_ready_timeout=guild_ready_timeout,
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+            # bot/ops_server.py counts Discord requests and 429s through it; an empty one costs nothing
+            http_trace=http_trace or aiohttp.TraceConfig(),
         )
         self.settings = settings
         self.engine = engine
@@ -80,12 +85,15 @@ class ImagineBot(commands.Bot):
         )
         """Every edit of an existing message that may wait: progress edits and used-button marks."""
         self.database: Database | None = None
+        self.images: ImageStore | None = None
         self.jobs: JobService
         self._close_lock = asyncio.Lock()
         self._shut_down = False
 
     async def setup_hook(self) -> None:
         self.database = await Database.open(self.settings.resolved_database_url)
+        self.images = image_store_for(self.settings)
+        await self.images.start()  # raises ImageStoreError (e.g. a missing bucket) before anything runs
         self.accounts = UserRepository(self.database)
         self.audit = AuditRepository(self.database)
         self.moderator = Moderator(
@@ -99,7 +107,7 @@ class ImagineBot(commands.Bot):
         self.quotas = QuotaService(self.accounts, LedgerRepository(self.database), self.tiers, now=self.now)
         self.jobs = JobService(
             JobRepository(self.database, now=self.now),
-            LocalImageStore(self.settings.images_dir),
+            self.images,
             self.engine,
             self.scheduler,
             JobDefaults(self.settings.model_resolution, self.settings.model_steps, self.settings.model),
@@ -166,4 +174,24 @@ class ImagineBot(commands.Bot):
             await super().close()
             if self.database is not None:
                 await self.database.close()
+            if self.images is not None:
+                await self.images.close()
             self._shut_down = True
+
+
+def image_store_for(settings: Settings) -> ImageStore:
+    """The store ``IMAGE_STORE`` names, with the S3 settings (not started)."""
+
+    def secret(value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    return open_image_store(
+        settings.image_store,
+        settings.images_dir,
+        endpoint_url=settings.s3_endpoint_url,
+        access_key_id=secret(settings.aws_access_key_id),
+        secret_access_key=secret(settings.aws_secret_access_key),
+        region=settings.aws_region,
+        public_base_url=settings.image_public_base_url,
+        link_seconds=settings.image_link_seconds,
+    )

@@ -65,7 +65,8 @@ class S3ImageStore:
             "aws_access_key_id": access_key_id,
             "aws_secret_access_key": secret_access_key,
             "config": AioConfig(
-                retries={"max_attempts": attempts, "mode": "standard"},
+                signature_version="s3v4",  # presigned links too (botocore would presign with v2)
+                retries={"total_max_attempts": attempts, "mode": "standard"},
                 connect_timeout=10,
                 read_timeout=60,
                 s3={"addressing_style": "path"} if endpoint_url else None,
