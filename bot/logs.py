@@ -98,6 +98,12 @@ def quiet_start_up() -> None:
     Real problems still arrive as errors (``EngineError``) with a message of ours.
     """
     logging.getLogger("discord").setLevel(logging.WARNING)
+    try:  # the bot has no voice features: "PyNaCl/davey is not installed, voice will NOT be supported"
+        from discord import VoiceClient
+
+        VoiceClient.warn_nacl = VoiceClient.warn_dave = False
+    except ImportError:
+        pass
     for name in (
         "diffusers",
         "transformers",
