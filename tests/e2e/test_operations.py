@@ -26,6 +26,16 @@ async def until_ready(http: httpx.AsyncClient, timeout: float = 60) -> httpx.Res
     return health
 
 
+async def scrape_until(http: httpx.AsyncClient, line: str, attempts: int = 150) -> str:
+    """/metrics once it shows ``line`` (the job ends SUCCEEDED just after its message is posted)."""
+    for _ in range(attempts):
+        metrics = (await http.get("/metrics")).text
+        if line in metrics:
+            return metrics
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{line} not in /metrics:\n{metrics}")
+
+
 async def test_health_metrics_and_json_logs_of_a_bot_process(emu, tiny_model_dir, tmp_path):
     port = free_port()
     env = bot_environment(emu, tiny_model_dir, tmp_path / "data", http_port=port, log_format="json")
@@ -51,12 +61,7 @@ async def test_health_metrics_and_json_logs_of_a_bot_process(emu, tiny_model_dir
                 timeout=120,
                 description="the grid",
             )
-            # the job ends SUCCEEDED just after its message is posted: scrape until it has
-            async with asyncio.timeout(30):
-                while 'imaginebot_jobs{state="SUCCEEDED"' not in (
-                    metrics := (await http.get("/metrics")).text
-                ):
-                    await asyncio.sleep(0.2)
+            metrics = await scrape_until(http, 'imaginebot_jobs{state="SUCCEEDED"')
     finally:
         exit_code = await process.stop(signal.SIGTERM)
     assert exit_code == 0, process.output()[-3000:]
