@@ -28,7 +28,7 @@ from tests.e2e.harness import (
     wait_for_message,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 LEASE_SECONDS = 3
 
@@ -77,7 +77,7 @@ async def test_standby_takes_over_after_kill_9_and_finishes_the_job_once(
         await wait_for_output(standby, r"standby: ")
         assert emu.gateway.identifies == 1, "the standby must not connect while the active process lives"
 
-        ix = await emu.invoke_slash("imagine", {"prompt": "a slow oil painting --steps 40 --seed 5"})
+        ix = await emu.invoke_slash("imagine", {"prompt": "a slow oil painting --steps 24 --seed 5"})
         assert await ix.wait_for_response(3) == 5
         await wait_for_message(
             emu,
@@ -90,20 +90,18 @@ async def test_standby_takes_over_after_kill_9_and_finishes_the_job_once(
     try:
         await emu.wait_for(lambda: emu.gateway.identifies == 2, timeout=60, what="the standby connecting")
         connected = time.monotonic() - killed
+        print(f"\nfailover (LEASE_SECONDS={LEASE_SECONDS}): SIGKILL -> standby connected {connected:.2f}s")
         grid = await wait_for_message(
             emu,
             lambda m: m.id == ix.response_message_id and is_final_grid(m),
-            timeout=120,
+            timeout=240,
             description="the grid",
         )
         posted = time.monotonic() - killed
         assert "(fast)" in grid.content and len(grid.attachments) == 1
     finally:
         exit_code = await standby.stop(signal.SIGTERM)
-    print(
-        f"\nfailover (LEASE_SECONDS={LEASE_SECONDS}): SIGKILL of the active process -> standby connected "
-        f"{connected:.2f}s, -> result posted {posted:.2f}s"
-    )
+    print(f"failover (LEASE_SECONDS={LEASE_SECONDS}): SIGKILL -> the dead process's job posted {posted:.2f}s")
     assert exit_code == 0, standby.output()[-3000:]
     assert connected < LEASE_SECONDS + 30  # the lease's promise, with room for a loaded CI machine's connect
 
