@@ -143,7 +143,10 @@ async def _until_active(ownership: Ownership, stopping: asyncio.Event) -> bool:
     for task in (active, signalled):
         task.cancel()
     await asyncio.gather(active, signalled, return_exceptions=True)
-    return active.done() and not active.cancelled() and active.exception() is None
+    if active.cancelled():
+        return False
+    active.result()  # raises what waiting raised
+    return True
 
 
 async def check_image_store(settings: Settings) -> None:

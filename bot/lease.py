@@ -103,7 +103,7 @@ class DatabaseLease:
         """Return once this process holds the lease (at once when it is free)."""
         assert self._repo is not None, "claim() first"
         said = False
-        while not await self._repo.try_acquire(LEASE_NAME, self.holder, self.seconds):
+        while not await self._try_acquire():
             if not said:
                 current = await self._repo.current(LEASE_NAME)
                 log.info(
@@ -115,6 +115,15 @@ class DatabaseLease:
             await asyncio.sleep(self.interval)
         self.active = True
         log.info("active: this process (%s) holds the bot lease", self.holder)
+
+    async def _try_acquire(self) -> bool:
+        """One look; a database that does not answer is "not yet" (a standby outlives a database restart)."""
+        assert self._repo is not None
+        try:
+            return await self._repo.try_acquire(LEASE_NAME, self.holder, self.seconds)
+        except Exception as error:
+            log.warning("standby: could not reach the database to look at the bot lease: %s", error)
+            return False
 
     def watch(self, on_lost: Callable[[], Awaitable[None]]) -> None:
         """Renew the lease until closed; call ``on_lost`` when it is taken over or cannot be renewed in time."""

@@ -126,14 +126,20 @@ def quiet_start_up() -> None:
 
 
 def quiet_loaded_libraries() -> None:
-    """Turn off the model-loading progress bars of diffusers/transformers once they are imported."""
-    import sys
+    """Turn off diffusers' and transformers' model-loading progress bars and advice (before a model loads).
+
+    diffusers has no environment variable for its progress bars, so its logging module is imported here;
+    without the ``local`` extra there is nothing to quiet.
+    """
+    import importlib
 
     for name in ("diffusers.utils.logging", "transformers.utils.logging"):
-        module = sys.modules.get(name)
-        if module is not None:
-            module.set_verbosity_error()
-            module.disable_progress_bar()
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        module.set_verbosity_error()
+        module.disable_progress_bar()
 
 
 def secrets_of(settings: Any) -> list[str]:
