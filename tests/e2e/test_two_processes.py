@@ -100,7 +100,7 @@ async def test_standby_takes_over_after_kill_9_and_finishes_the_job_once(
         posted = time.monotonic() - killed
         assert "(fast)" in grid.content and len(grid.attachments) == 1
     finally:
-        exit_code = await standby.stop(signal.SIGTERM)
+        exit_code = await standby.stop(signal.SIGTERM, timeout=60)
     print(f"failover (LEASE_SECONDS={LEASE_SECONDS}): SIGKILL -> the dead process's job posted {posted:.2f}s")
     assert exit_code == 0, standby.output()[-3000:]
     assert connected < LEASE_SECONDS + 30  # the lease's promise, with room for a loaded CI machine's connect
