@@ -33,18 +33,28 @@ async def serve(host: str, port: int, settings: object) -> int:
     from engine.local import LocalDiffusersEngine
     from engine.safety import safety_checker_source
     from engine.server.app import create_app
+    from engine.server.jobs import Limits
+    from engine.settings import EngineSettings, database_url
 
-    s = settings  # EngineSettings
-    token = s.engine_token.get_secret_value() if s.engine_token else None  # type: ignore[attr-defined]
+    assert isinstance(settings, EngineSettings)
+    s = settings
+    token = s.engine_token.get_secret_value() if s.engine_token else None
     engine = LocalDiffusersEngine.from_settings(s)
     app = create_app(
         engine,
         token=token,
-        model_name=s.model,  # type: ignore[attr-defined]
-        max_request_bytes=int(s.engine_max_request_mb * 2**20),  # type: ignore[attr-defined]
-        max_jobs_kept=s.engine_max_jobs_kept,  # type: ignore[attr-defined]
-        default_resolution=s.model_resolution,  # type: ignore[attr-defined]
-        default_steps=s.model_steps,  # type: ignore[attr-defined]
+        model_name=s.model,
+        max_request_bytes=int(s.engine_max_request_mb * 2**20),
+        max_jobs_kept=s.engine_max_jobs_kept,
+        default_resolution=s.model_resolution,
+        default_steps=s.model_steps,
+        database_url=database_url(s),
+        results_ttl=s.engine_results_ttl,
+        limits=Limits(
+            queued=s.engine_queue_timeout, processing=s.engine_run_timeout, storing=s.engine_store_timeout
+        ),
+        webhook_secret=s.engine_webhook_secret.get_secret_value() if s.engine_webhook_secret else None,
+        webhook_allow_private=s.engine_webhook_allow_private,
     )
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
@@ -55,9 +65,9 @@ async def serve(host: str, port: int, settings: object) -> int:
     if server is not None and server.sockets:
         bound = server.sockets[0].getsockname()[1]
     print(
-        f"engine server listening on http://{host}:{bound} model={s.model} device={s.device} "  # type: ignore[attr-defined]
+        f"engine server listening on http://{host}:{bound} model={s.model} device={s.device} "
         f"slots={engine.slots} auth={'token' if token else 'none'} "
-        f"safety_checker={safety_checker_source(s.engine_safety_checker) or 'off'}",  # type: ignore[attr-defined]
+        f"safety_checker={safety_checker_source(s.engine_safety_checker) or 'off'}",
         flush=True,
     )
     stop = asyncio.Event()

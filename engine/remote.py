@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 from PIL import Image
+from pydantic import ValidationError
 
 from engine.base import (
     ENGINE_SECONDS,
@@ -34,6 +35,7 @@ from engine.base import (
     ProgressCallback,
     ProgressUpdate,
 )
+from engine.wire import ErrorBody, JobEvent, JobRequest, JobSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -41,32 +43,8 @@ TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED")
 
 
 def request_to_json(request: GenerationRequest) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt,
-        "width": request.width,
-        "height": request.height,
-        "steps": request.steps,
-        "seed": request.seed,
-        "n": request.n,
-        "guidance": request.guidance,
-        "operation": request.operation.value,
-        "strength": request.strength,
-        "tile": request.tile,
-    }
-    if request.stop < 1.0:  # only when used: older servers need not know the field
-        body["stop"] = request.stop
-    if request.chaos:
-        body["chaos"] = request.chaos
-    if request.prompt_parts:
-        body["prompt_parts"] = [[text, weight] for text, weight in request.prompt_parts]
-    if request.model is not None:
-        body["model"] = request.model
-    if request.init_image is not None:
-        buffer = io.BytesIO()
-        request.init_image.convert("RGB").save(buffer, format="PNG")
-        body["init_image"] = base64.b64encode(buffer.getvalue()).decode()
-    return body
+    """The wire body for ``request`` (``engine.wire.JobRequest``, the schema the server validates with)."""
+    return JobRequest.from_generation(request).wire()
 
 
 class RemoteEngine:
@@ -176,13 +154,13 @@ class RemoteEngine:
                 await asyncio.sleep(0.2 * (attempt + 1))
         raise EngineUnavailable(f"engine server {self.name} cannot be reached") from last
 
-    async def _follow(self, job_id: str, on_progress: ProgressCallback | None) -> dict[str, Any]:
+    async def _follow(self, job_id: str, on_progress: ProgressCallback | None) -> JobSnapshot:
         """Until the job is terminal: WebSocket events, then polling if the socket fails."""
         last_step = 0
 
-        def progress(snapshot: dict[str, Any], preview: bytes | None) -> None:
+        def progress(snapshot: JobSnapshot, preview: bytes | None) -> None:
             nonlocal last_step
-            step, total = int(snapshot.get("step") or 0), int(snapshot.get("total") or 0)
+            step, total = snapshot.step, snapshot.total
             if on_progress is not None and step > 0 and (step != last_step or preview is not None):
                 on_progress(ProgressUpdate(step=step, total=total, preview=preview))
             last_step = step
@@ -196,13 +174,13 @@ class RemoteEngine:
                 async for message in socket:
                     if message.type != aiohttp.WSMsgType.TEXT:
                         break
-                    event = message.json()
-                    preview = base64.b64decode(event["preview"]) if event.get("preview") else None
-                    if event.get("type") == "progress":
+                    event = JobEvent.model_validate_json(message.data)
+                    preview = base64.b64decode(event.preview) if event.preview else None
+                    if event.type == "progress":
                         progress(event, preview)
-                    if event.get("state") in TERMINAL:
+                    if event.state in TERMINAL:
                         return event
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        except (aiohttp.ClientError, TimeoutError, ValueError, ValidationError) as error:
             log.info("engine %s: event stream for %s failed (%r); polling", self.name, job_id, error)
         # polling fallback (also after a socket closed early)
         failing_since: float | None = None
@@ -213,12 +191,13 @@ class RemoteEngine:
                 ) as response:
                     if response.status == 404:
                         raise EngineUnavailable(f"engine server {self.name} lost the job")
-                    snapshot = await _json(response)
+                    data = await _json(response)
                     if response.status != 200:
-                        raise _error_from(snapshot, response.status)
+                        raise _error_from(data, response.status)
+                    snapshot = _snapshot(data)
                 failing_since = None
                 progress(snapshot, None)
-                if snapshot.get("state") in TERMINAL:
+                if snapshot.state in TERMINAL:
                     return snapshot
             except (aiohttp.ClientError, TimeoutError) as error:
                 now = time.monotonic()
@@ -227,15 +206,14 @@ class RemoteEngine:
                     raise EngineUnavailable(f"engine server {self.name} went away mid-job") from error
             await asyncio.sleep(self.poll_interval)
 
-    async def _result(self, snapshot: dict[str, Any]) -> list[Image.Image]:
-        state = snapshot.get("state")
-        if state == "CANCELED":
+    async def _result(self, snapshot: JobSnapshot) -> list[Image.Image]:
+        if snapshot.state == "CANCELED":
             raise EngineCancelled("cancelled")
-        if state != "SUCCEEDED":
-            raise _error_from(snapshot, 200)
+        if snapshot.state != "SUCCEEDED":
+            raise _error_from(snapshot.model_dump(mode="json"), 200)
         images = []
         try:
-            for link in snapshot.get("images", []):
+            for link in snapshot.images:
                 async with self._http().get(
                     self.url + link, timeout=aiohttp.ClientTimeout(total=self.request_timeout)
                 ) as response:
@@ -245,10 +223,9 @@ class RemoteEngine:
                 image = Image.open(io.BytesIO(data))
                 image.load()
                 images.append(image.convert("RGB"))
-            seconds = snapshot.get("engine_seconds")
-            if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+            if snapshot.engine_seconds is not None:
                 for result in images:  # the server's share for this job, for the bot's charge
-                    result.info[ENGINE_SECONDS] = float(seconds)
+                    result.info[ENGINE_SECONDS] = snapshot.engine_seconds
         except (aiohttp.ClientError, TimeoutError) as error:
             raise EngineUnavailable(f"engine server {self.name} went away while sending results") from error
         except OSError as error:
@@ -278,10 +255,19 @@ async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
     return data
 
 
+def _snapshot(data: dict[str, Any]) -> JobSnapshot:
+    try:
+        return JobSnapshot.model_validate(data)
+    except ValidationError:
+        raise EngineUnavailable("engine server answered with garbage") from None
+
+
 def _error_from(data: dict[str, Any], status: int) -> EngineError:
-    error = data.get("error") or {}
-    code = error.get("code", "") if isinstance(error, dict) else ""
-    message = (error.get("message") if isinstance(error, dict) else None) or "the engine failed"
+    try:
+        error = ErrorBody.model_validate(data).error
+        code, message = error.code, error.message
+    except ValidationError:
+        code, message = "", "the engine failed"
     if code == "out_of_memory":
         return EngineOutOfMemory(message)
     if code == "canceled":

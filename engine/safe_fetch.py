@@ -199,6 +199,21 @@ async def fetch_image(
     return await asyncio.to_thread(decode_image, data, max_pixels=policy.max_pixels, max_side=policy.max_side)
 
 
+async def pinned_connector(
+    url: str, *, policy: FetchPolicy = DEFAULT_POLICY, resolver: Resolver | None = None
+) -> tuple[URL, aiohttp.TCPConnector]:
+    """For other requests to a user-supplied address (the engine server's webhooks): the checked URL and a
+    connector that reaches only the addresses checked under ``policy``. ``ImageFetchError`` when refused."""
+    target = _checked_url(url)
+    host, port = target.host, target.port
+    assert host is not None and port is not None  # _checked_url guarantees both
+    addresses = await _resolve_checked(host, port, policy, resolver or system_resolver)
+    connector = aiohttp.TCPConnector(
+        resolver=_PinnedResolver(host, addresses), use_dns_cache=False, force_close=True
+    )
+    return target, connector
+
+
 async def _download(url: str, policy: FetchPolicy, resolver: Resolver) -> bytes:
     current = url
     for _hop in range(policy.max_redirects + 1):

@@ -60,8 +60,44 @@ class EngineSettings(BaseSettings):
         default=768, ge=64, le=4096, description="Creative/subtle upscales larger than this run in tiles."
     )
     engine_max_request_mb: float = Field(default=32.0, gt=0, le=512)
-    engine_max_jobs_kept: int = Field(default=1000, ge=10, description="Finished jobs the server remembers.")
+    engine_max_jobs_kept: int = Field(
+        default=1000, ge=10, description="Finished jobs (and their results) the server keeps at most."
+    )
+    engine_data_dir: Path = Field(
+        default=Path("./data/engine"), description="The engine server's folder: its SQLite job database."
+    )
+    engine_database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL of the job database; default SQLite in ENGINE_DATA_DIR.",
+    )
+    engine_results_ttl: float = Field(
+        default=86400.0, gt=0, description="Seconds finished jobs and their images stay retrievable."
+    )
+    engine_queue_timeout: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Seconds a job may wait in the queue before it ends TIMED_OUT (0: no limit).",
+    )
+    engine_run_timeout: float = Field(
+        default=900.0, ge=0, description="Seconds a job may generate before it ends TIMED_OUT (0: no limit)."
+    )
+    engine_store_timeout: float = Field(
+        default=120.0, ge=0, description="Seconds a job may spend encoding its results (0: no limit)."
+    )
+    engine_webhook_secret: SecretStr | None = Field(
+        default=None, description="Signs webhook deliveries (HMAC-SHA256; see engine/server/webhooks.py)."
+    )
+    engine_webhook_allow_private: bool = Field(
+        default=False, description="Allow webhooks to private, loopback and link-local addresses."
+    )
     log_level: str = "INFO"
+
+
+def database_url(settings: EngineSettings) -> str:
+    """ENGINE_DATABASE_URL, else a SQLite file in ENGINE_DATA_DIR."""
+    if settings.engine_database_url:
+        return settings.engine_database_url
+    return f"sqlite+aiosqlite:///{(settings.engine_data_dir / 'engine-jobs.db').resolve()}"
 
 
 def load_engine_settings(**overrides: object) -> EngineSettings:

@@ -204,7 +204,7 @@ class JobImage(SQLModel, table=True):
     width: int
     height: int
     seed: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
-    # what made it and where it lies (revision 0003; None on rows stored before it where unknown)
+    # what made it and where it lies (revision 0004; None on rows stored before it where unknown)
     storage_key: str | None = None  # the path under the folder, or the S3 object key
     byte_size: int | None = None
     prompt_sha256: str | None = Field(default=None, max_length=64)  # SHA-256 of the job's prompt text
@@ -225,3 +225,7 @@ class BotLease(SQLModel, table=True):
     holder: str = Field(max_length=200)
     acquired_at: datetime
     expires_at: datetime
+
+
+# The engine server's tables: registered on the same metadata, so the migrations check them too.
+from storage import server_jobs as _server_jobs  # noqa: E402, F401

@@ -1,20 +1,24 @@
-"""HTTP API of the engine server (aiohttp).
+"""HTTP API of the engine server (aiohttp): our job API, plus A1111's and OpenAI's (``engine.server.a1111``,
+``engine.server.openai_images``), on one port with one token.
 
-    POST   /images/jobs               JSON request → 202 {"id", "state"} at once (200 for an idempotent replay)
-    GET    /images/jobs/{id}          {"id", "state", "progress", "step", "total", "error", "images": [links], ...}
+    POST   /images/jobs[?wait=S]      JSON ``engine.wire.JobRequest`` → 202 {"id", "state"} at once (200 for an
+                                      idempotent replay); with ``wait`` (≤ 120 s) the finished job (200) when
+                                      it finishes in time, else the job as it stands (202)
+    GET    /images/jobs/{id}          ``engine.wire.JobSnapshot``
     DELETE /images/jobs/{id}          cancel → the job's snapshot
-    GET    /images/jobs/{id}/events   WebSocket: JSON events {"type": "state"|"progress", ...snapshot, "preview"}
-                                      (base64 JPEG or null); the first is the current state, the socket closes
-                                      after a terminal state
-    GET    /images/{key}              a result PNG
-    GET    /healthz                   200 {"status": "ok", "model", "slots", "queue"} once the model is loaded,
-                                      else 503 {"status": "loading"|"failed"} (no token needed)
-    GET    /metrics                   Prometheus text format
+    GET    /images/jobs/{id}/events   WebSocket: JSON ``JobEvent``s (``preview``: base64 JPEG or null); the first is
+                                      the current state, the socket closes after a terminal state
+    GET    /images/{key}              a result PNG (bearer token, or a signed link's ``expires`` + ``signature``)
+    GET    /healthz                   200 once the model is loaded, else 503. Without the token only
+                                      {"status": "ok"|"loading"|"failed"}; with it also model, slots, queue.
+    GET    /metrics                   Prometheus text format (prometheus-client)
 
-Every other route needs ``Authorization: Bearer <ENGINE_TOKEN>`` when a token is configured. Errors are
-``{"error": {"code", "message"}}`` with a fitting status (400, 401, 404, 413, 503, 500). A job that ends
-FAILED carries the same shape in its snapshot's ``error`` (codes in ``engine.server.jobs``; ``flagged``:
-the safety checker, ``ENGINE_SAFETY_CHECKER``, refused the result).
+Every other route needs the token (``ENGINE_TOKEN``) when one is configured: ``Authorization: Bearer <token>``,
+or HTTP Basic with the token as password (any user name), as A1111 clients send it. Browsers are kept out
+even from a token-less loopback server: a request whose ``Origin`` is not this server is refused (403),
+and JSON routes accept only ``Content-Type: application/json`` (415), so a web page cannot send a
+"simple" cross-origin POST. Errors are ``{"error": {"code", "message", "field"?}}``: 400 (unreadable body),
+401, 403, 404, 413, 415, 422 (a field is wrong: ``field`` names it), 503, 500.
 """
 
 from __future__ import annotations
@@ -31,32 +35,26 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from PIL import Image
+from pydantic import ValidationError
+from yarl import URL
 
-from engine.base import MAX_SEED, MAX_STEPS, Engine, GenerationRequest, Operation
-from engine.chaos import MAX_CHAOS
-from engine.server.jobs import JobManager, ServerJob
+from engine.base import MAX_SEED, Engine, GenerationRequest
+from engine.server.context import (
+    SERVER,
+    RequestError,
+    Server,
+    ServerConfig,
+    error_response,
+    public_model_name,
+)
+from engine.server.jobs import Limits
+from engine.server.webhooks import WebhookRefused
+from engine.wire import MAX_WAIT_SECONDS, JobRequest, decode_base64_image, validation_problem
 
 log = logging.getLogger(__name__)
 
-MANAGER = web.AppKey("manager", JobManager)
-CONFIG = web.AppKey("config", dict)
-
-MAX_PROMPT_CHARS = 8000
-MAX_SIDE = 2048
-MAX_N = 16
-MAX_PROMPT_PARTS = 16
-MAX_INIT_PIXELS = 4096 * 4096
-
-
-class RequestError(Exception):
-    def __init__(self, message: str, code: str = "invalid_request", status: int = 400) -> None:
-        super().__init__(message)
-        self.code, self.status = code, status
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+JSON_ROUTES = ("/images/jobs", "/sdapi/v1/", "/v1/images/generations")
+"""POSTs here must be ``application/json`` (what a page cannot send cross-origin without CORS)."""
 
 
 def create_app(
@@ -68,19 +66,35 @@ def create_app(
     max_jobs_kept: int = 1000,
     default_resolution: int = 512,
     default_steps: int = 25,
+    database_url: str | None = None,
+    results_ttl: float = 86400.0,
+    limits: Limits | None = None,
+    webhook_secret: str | None = None,
+    webhook_allow_private: bool = False,
+    webhook_first_delay: float = 1.0,
 ) -> web.Application:
-    """The server application; the engine is started in the background when the app starts."""
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=max_request_bytes)
-    app[MANAGER] = JobManager(engine, max_jobs_kept=max_jobs_kept)
-    app[CONFIG] = {
-        "token": token or None,
-        "model": model_name,
-        "resolution": default_resolution,
-        "steps": default_steps,
-        "status": "loading",
-        "load_error": None,
-        "engine": engine,
-    }
+    """The server application; the job store opens and the engine starts in the background on startup.
+
+    ``database_url`` defaults to an in-memory SQLite database (tests); ``python -m engine serve`` passes
+    a file in ``ENGINE_DATA_DIR`` or ``ENGINE_DATABASE_URL``.
+    """
+    from engine.server import a1111, openai_images
+
+    config = ServerConfig(
+        token=token or None,
+        model=public_model_name(model_name),
+        resolution=default_resolution,
+        steps=default_steps,
+        database_url=database_url or "sqlite+aiosqlite:///:memory:",
+        results_ttl=results_ttl,
+        keep_finished=max_jobs_kept,
+        limits=limits or Limits(),
+        webhook_secret=webhook_secret or None,
+        webhook_allow_private=webhook_allow_private,
+        webhook_first_delay=webhook_first_delay,
+    )
+    app = web.Application(middlewares=[_errors, _browsers, _auth], client_max_size=max_request_bytes)
+    app[SERVER] = Server(engine, config)
     app.router.add_post("/images/jobs", submit)
     app.router.add_get("/images/jobs/{id}", get_job)
     app.router.add_delete("/images/jobs/{id}", cancel_job)
@@ -88,6 +102,8 @@ def create_app(
     app.router.add_get("/images/{key}", get_image)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    a1111.add_routes(app)
+    openai_images.add_routes(app)
     app.on_startup.append(_on_startup)
     app.on_cleanup.append(_on_cleanup)
     return app
@@ -97,32 +113,35 @@ def create_app(
 
 
 async def _on_startup(app: web.Application) -> None:
-    app[CONFIG]["loader"] = asyncio.create_task(_load(app))
+    server = app[SERVER]
+    await server.open()
+    server.loader = asyncio.create_task(_load(server))
 
 
-async def _load(app: web.Application) -> None:
-    config, manager = app[CONFIG], app[MANAGER]
+async def _load(server: Server) -> None:
     try:
-        await config["engine"].start()
-    except Exception as error:  # EngineError or worse: reported by /healthz and on every job
+        await server.engine.start()
+    except Exception as error:  # EngineError or worse: the log has the reason, users the model's name
         log.error("engine failed to start: %s", error)
-        config["status"], config["load_error"] = "failed", str(error) or type(error).__name__
-        manager.fail_all_queued(f"the model could not be loaded: {config['load_error']}")
+        server.status, server.load_error = "failed", str(error) or type(error).__name__
+        refusal = server.unavailable()
+        await server.manager.fail_all_queued(str(refusal))
         return
-    config["status"] = "ok"
-    manager.start()
-    log.info("engine ready model=%s slots=%s", config["model"], getattr(config["engine"], "slots", 1))
+    server.status = "ok"
+    server.manager.start()
+    log.info("engine ready model=%s slots=%s", server.config.model, getattr(server.engine, "slots", 1))
 
 
 async def _on_cleanup(app: web.Application) -> None:
-    loader = app[CONFIG].get("loader")
+    server = app[SERVER]
+    loader = server.loader
     if loader is not None and not loader.done():
         loader.cancel()
         with contextlib.suppress(BaseException):
             await loader
-    await app[MANAGER].stop()
+    await server.close()
     with contextlib.suppress(Exception):
-        await app[CONFIG]["engine"].close()
+        await server.engine.close()
 
 
 # -- middlewares ---------------------------------------------------------------------------------------
@@ -132,10 +151,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    openai = request.path.startswith("/v1/")
     try:
         return await handler(request)
     except RequestError as error:
-        return error_response(error.status, error.code, str(error))
+        if openai:
+            from engine.server.openai_images import openai_error
+
+            return openai_error(error.status, str(error), error.code, error.field)
+        return error_response(error.status, error.code, str(error), error.field)
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, "too_large", "the request body is too large")
     except web.HTTPException as error:
@@ -151,28 +175,72 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 @web.middleware
-async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[CONFIG]["token"]
-    if token is None or request.path == "/healthz":
-        return await handler(request)
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-        response = error_response(401, "unauthorized", "a valid bearer token is required")
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+async def _browsers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """No cross-origin requests from web pages, and JSON routes only with a JSON content type."""
+    origin = request.headers.get("Origin")
+    if origin is not None and not _same_origin(origin, request):
+        raise RequestError("cross-origin requests are not allowed", "forbidden_origin", 403)
+    if (
+        request.method == "POST"
+        and request.path.startswith(JSON_ROUTES)
+        and request.content_type != "application/json"
+        and request.path != "/sdapi/v1/interrupt"
+        and request.path != "/sdapi/v1/skip"
+    ):
+        raise RequestError(
+            "the body must be JSON (Content-Type: application/json)", "unsupported_media_type", 415
+        )
     return await handler(request)
+
+
+def _same_origin(origin: str, request: web.Request) -> bool:
+    try:
+        url = URL(origin)
+    except ValueError:
+        return False
+    if url.scheme not in ("http", "https") or url.host is None:
+        return False
+    return f"{url.host}:{url.port}" == f"{request.url.host}:{request.url.port}"
+
+
+def authorized(request: web.Request) -> bool:
+    """The token as a bearer token, or as the password of HTTP Basic (any user name); True without one."""
+    token = request.app[SERVER].config.token
+    if token is None:
+        return True
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    value = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            value = base64.b64decode(value, validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.encode(), token.encode())
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == "/healthz" or authorized(request):
+        return await handler(request)
+    if request.method == "GET" and request.path.startswith("/images/") and "signature" in request.query:
+        return await handler(request)  # a signed link: get_image checks the signature
+    if request.path.startswith("/v1/"):
+        from engine.server.openai_images import openai_error
+
+        return openai_error(
+            401, "Incorrect API key provided.", "invalid_api_key", None, "authentication_error"
+        )
+    response = error_response(401, "unauthorized", "a valid token is required (Bearer, or Basic password)")
+    response.headers["WWW-Authenticate"] = 'Basic realm="imaginebot engine", charset="UTF-8"'
+    return response
 
 
 # -- handlers -------------------------------------------------------------------------------------------
 
 
-async def submit(request: web.Request) -> web.Response:
-    config, manager = request.app[CONFIG], request.app[MANAGER]
-    if config["status"] == "failed":
-        raise RequestError(
-            f"the model could not be loaded: {config['load_error']}", "engine_unavailable", 503
-        )
+async def read_json(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except web.HTTPRequestEntityTooLarge:
@@ -181,36 +249,139 @@ async def submit(request: web.Request) -> web.Response:
         raise RequestError("the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object")
-    generation = await parse_generation_request(body, config["resolution"], config["steps"])
+    return body
+
+
+async def submit(request: web.Request) -> web.Response:
+    server = request.app[SERVER]
+    refusal = server.unavailable()
+    if refusal is not None:
+        raise refusal
+    wait = _wait_seconds(request)
+    body = await read_json(request)
+    spec = parse_job_request(body)
+    generation, init_png = await to_generation(spec, server.config.resolution, server.config.steps)
+    if spec.callback_url is not None:
+        try:
+            await server.webhooks.check(spec.callback_url)
+        except WebhookRefused as error:
+            raise RequestError(str(error), "invalid_request", 422, "callback_url") from None
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 0 < len(key) <= 200:
-        raise RequestError("Idempotency-Key must be 1 to 200 characters")
-    job, created = manager.submit(generation, key)
-    return web.json_response({"id": job.id, "state": str(job.state)}, status=202 if created else 200)
+        raise RequestError("must be 1 to 200 characters", "invalid_request", 422, "Idempotency-Key")
+    snapshot, created = await server.manager.submit(
+        generation, idempotency_key=key, init_png=init_png, spec=spec, use_cache=spec.cache
+    )
+    if wait:
+        snapshot = await server.manager.wait(snapshot["id"], wait) or snapshot
+        finished = snapshot["state"] in ("SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED")
+        return web.json_response(snapshot, status=200 if finished else 202)
+    return web.json_response(
+        {"id": snapshot["id"], "state": snapshot["state"]}, status=202 if created else 200
+    )
+
+
+def _wait_seconds(request: web.Request) -> float:
+    raw = request.query.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= MAX_WAIT_SECONDS:
+        raise RequestError(
+            f"must be a number of seconds from 0 to {MAX_WAIT_SECONDS}", "invalid_request", 422, "wait"
+        )
+    return wait
+
+
+def parse_job_request(body: dict[str, Any]) -> JobRequest:
+    try:
+        return JobRequest.model_validate(body)
+    except ValidationError as error:
+        field, reason = validation_problem(error)
+        raise RequestError(f"{field}: {reason}", "invalid_request", 422, field) from None
+
+
+async def to_generation(
+    spec: JobRequest, resolution: int, steps: int
+) -> tuple[GenerationRequest, bytes | None]:
+    """The engine's request for a validated wire request, and the input image as PNG (for the job row)."""
+    init_image = None
+    init_png = None
+    if spec.init_image is not None:
+        try:
+            init_image = await asyncio.to_thread(decode_base64_image, spec.init_image)
+        except ValueError as error:
+            raise RequestError(f"init_image: {error}", "invalid_image", 422, "init_image") from None
+        init_png = await asyncio.to_thread(_png, init_image)
+    generation = GenerationRequest(
+        prompt=spec.prompt,
+        negative_prompt=spec.negative_prompt,
+        width=spec.width or resolution,
+        height=spec.height or resolution,
+        steps=spec.steps or steps,
+        seed=random.randint(0, MAX_SEED) if spec.seed is None else spec.seed,
+        n=spec.n,
+        guidance=spec.guidance,
+        operation=spec.operation,
+        init_image=init_image,
+        strength=spec.strength,
+        model=spec.model,
+        tile=spec.tile,
+        stop=spec.stop,
+        chaos=spec.chaos,
+        prompt_parts=tuple(spec.prompt_parts),
+    )
+    return generation, init_png
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 async def get_job(request: web.Request) -> web.Response:
-    return web.json_response(_job(request).snapshot())
+    snapshot = await request.app[SERVER].manager.snapshot(request.match_info["id"])
+    if snapshot is None:
+        raise RequestError("no such job", "not_found", 404)
+    return web.json_response(snapshot)
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    job = _job(request)
-    request.app[MANAGER].cancel(job)
-    return web.json_response(job.snapshot())
+    snapshot = await request.app[SERVER].manager.cancel(request.match_info["id"])
+    if snapshot is None:
+        raise RequestError("no such job", "not_found", 404)
+    return web.json_response(snapshot)
 
 
 async def get_image(request: web.Request) -> web.Response:
-    data = request.app[MANAGER].images.get(request.match_info["key"])
+    server, key = request.app[SERVER], request.match_info["key"]
+    if not authorized(request) and not server.signature_valid(
+        key, request.query.get("expires", ""), request.query.get("signature", "")
+    ):
+        raise RequestError("the link is invalid or has expired", "unauthorized", 401)
+    data = await server.manager.image(key)
     if data is None:
         raise RequestError("no such image", "not_found", 404)
     return web.Response(body=data, content_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    job = _job(request)
-    manager = request.app[MANAGER]
+    manager = request.app[SERVER].manager
+    job_id = request.match_info["id"]
+    snapshot = await manager.snapshot(job_id)
+    if snapshot is None:
+        raise RequestError("no such job", "not_found", 404)
     socket = web.WebSocketResponse(heartbeat=15)
     await socket.prepare(request)
+    job = manager.active.get(job_id)
+    if job is None:  # finished: its state, then goodbye
+        await socket.send_json({"type": "state", **snapshot, "preview": None})
+        await socket.close()
+        return socket
     queue = manager.subscribe(job)
     reader = asyncio.ensure_future(_drain(socket))  # notices the client leaving
     try:
@@ -237,179 +408,21 @@ async def _drain(socket: web.WebSocketResponse) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    config, manager = request.app[CONFIG], request.app[MANAGER]
-    engine = config["engine"]
+    server = request.app[SERVER]
+    status = 200 if server.status == "ok" else 503
+    if not authorized(request):
+        return web.json_response({"status": server.status}, status=status)
+    manager = server.manager
     body: dict[str, Any] = {
-        "status": config["status"],
-        "model": config["model"],
-        "slots": int(getattr(engine, "slots", 1)),
+        "status": server.status,
+        "model": server.config.model,
+        "slots": int(getattr(server.engine, "slots", 1)),
         "queue": manager.queue_length,
-        "running": manager.counts().get("PROCESSING", 0),
+        "running": len(manager.running()),
     }
-    if config["status"] == "failed":
-        body["error"] = config["load_error"]
-    return web.json_response(body, status=200 if config["status"] == "ok" else 503)
+    return web.json_response(body, status=status)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    config, manager = request.app[CONFIG], request.app[MANAGER]
-    lines = [
-        "# HELP imaginebot_engine_ready 1 once the model is loaded.",
-        "# TYPE imaginebot_engine_ready gauge",
-        f"imaginebot_engine_ready {1 if config['status'] == 'ok' else 0}",
-        "# HELP imaginebot_engine_queue_length Jobs waiting for an engine slot.",
-        "# TYPE imaginebot_engine_queue_length gauge",
-        f"imaginebot_engine_queue_length {manager.queue_length}",
-        "# HELP imaginebot_engine_jobs Jobs the server remembers, by state.",
-        "# TYPE imaginebot_engine_jobs gauge",
-        *(f'imaginebot_engine_jobs{{state="{state}"}} {count}' for state, count in manager.counts().items()),
-        "# HELP imaginebot_engine_images_total Images made.",
-        "# TYPE imaginebot_engine_images_total counter",
-        f"imaginebot_engine_images_total {manager.images_made}",
-        "# HELP imaginebot_engine_step_seconds Mean wall time per reported denoising step.",
-        "# TYPE imaginebot_engine_step_seconds gauge",
-        f"imaginebot_engine_step_seconds {manager.step_seconds_total / max(1, manager.steps_done):.6f}",
-        "# HELP imaginebot_engine_images_per_second Images per second of processing time.",
-        "# TYPE imaginebot_engine_images_per_second gauge",
-        f"imaginebot_engine_images_per_second {manager.images_made / manager.processing_seconds if manager.processing_seconds else 0:.6f}",
-    ]
-    lines += _gpu_memory_lines()
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
-
-
-def _gpu_memory_lines() -> list[str]:
-    import sys
-
-    torch = sys.modules.get("torch")  # only when the engine imported it; never import torch here
-    if torch is None or not torch.cuda.is_available():
-        return []
-    return [
-        "# HELP imaginebot_engine_gpu_memory_bytes CUDA memory of this process.",
-        "# TYPE imaginebot_engine_gpu_memory_bytes gauge",
-        f'imaginebot_engine_gpu_memory_bytes{{kind="allocated"}} {torch.cuda.memory_allocated()}',
-        f'imaginebot_engine_gpu_memory_bytes{{kind="reserved"}} {torch.cuda.memory_reserved()}',
-        f'imaginebot_engine_gpu_memory_bytes{{kind="max_allocated"}} {torch.cuda.max_memory_allocated()}',
-    ]
-
-
-def _job(request: web.Request) -> ServerJob:
-    job = request.app[MANAGER].get(request.match_info["id"])
-    if job is None:
-        raise RequestError("no such job", "not_found", 404)
-    return job
-
-
-# -- request parsing ------------------------------------------------------------------------------------
-
-
-async def parse_generation_request(body: dict[str, Any], resolution: int, steps: int) -> GenerationRequest:
-    """Validate the JSON body into a ``GenerationRequest`` (unknown keys are ignored)."""
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise RequestError("prompt is required")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise RequestError(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
-    negative = body.get("negative_prompt") or ""
-    if not isinstance(negative, str) or len(negative) > MAX_PROMPT_CHARS:
-        raise RequestError(f"negative_prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
-    try:
-        operation = Operation(body.get("operation") or "txt2img")
-    except ValueError:
-        raise RequestError(f"unknown operation; one of {', '.join(o.value for o in Operation)}") from None
-    width = _int(body, "width", resolution, 8, MAX_SIDE)
-    height = _int(body, "height", resolution, 8, MAX_SIDE)
-    if width % 8 or height % 8:
-        raise RequestError("width and height must be multiples of 8")
-    seed = body.get("seed")
-    seed = random.randint(0, MAX_SEED) if seed is None else _int(body, "seed", 0, 0, MAX_SEED)
-    guidance = body.get("guidance", 7.0)
-    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 0 <= guidance <= 30:
-        raise RequestError("guidance must be a number from 0 to 30")
-    strength = body.get("strength", 0.6)
-    if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 < strength <= 1:
-        raise RequestError("strength must be a number in (0, 1]")
-    stop = body.get("stop", 1.0)
-    if isinstance(stop, bool) or not isinstance(stop, int | float) or not 0.1 <= stop <= 1:
-        raise RequestError("stop must be a number from 0.1 to 1")
-    model = body.get("model")
-    if model is not None and (not isinstance(model, str) or len(model) > 64):
-        raise RequestError("model must be a model alias")
-    init_image = None
-    if body.get("init_image") is not None:
-        init_image = await asyncio.to_thread(decode_image, body["init_image"])
-    if operation.needs_image and init_image is None:
-        raise RequestError(f"{operation.value} needs init_image (base64)")
-    return GenerationRequest(
-        prompt=prompt,
-        negative_prompt=negative,
-        width=width,
-        height=height,
-        steps=_int(body, "steps", steps, 1, MAX_STEPS),
-        seed=seed,
-        n=_int(body, "n", 1, 1, MAX_N),
-        guidance=float(guidance),
-        operation=operation,
-        init_image=init_image,
-        strength=float(strength),
-        model=model,
-        tile=bool(body.get("tile", False)),
-        stop=float(stop),
-        chaos=_int(body, "chaos", 0, 0, MAX_CHAOS),
-        prompt_parts=_prompt_parts(body.get("prompt_parts")),
-    )
-
-
-def _prompt_parts(value: Any) -> tuple[tuple[str, float], ...]:
-    """``[[text, weight], ...]``: at most ``MAX_PROMPT_PARTS``, weights in ±100 summing to more than 0."""
-    if value is None or value == []:
-        return ()
-    problem = RequestError(
-        f"prompt_parts must be a list of at most {MAX_PROMPT_PARTS} [text, weight] pairs, "
-        "weights from -100 to 100 with a positive total"
-    )
-    if not isinstance(value, list) or len(value) > MAX_PROMPT_PARTS:
-        raise problem
-    parts = []
-    for item in value:
-        if not (isinstance(item, list | tuple) and len(item) == 2):
-            raise problem
-        text, weight = item
-        if not isinstance(text, str) or not text.strip() or len(text) > MAX_PROMPT_CHARS:
-            raise problem
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not -100 <= weight <= 100:
-            raise problem
-        parts.append((text, float(weight)))
-    if sum(weight for _, weight in parts) <= 0:
-        raise problem
-    return tuple(parts)
-
-
-def _int(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    value = body.get(name, default)
-    if value is None:
-        value = default
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise RequestError(f"{name} must be a whole number from {low} to {high}")
-    return value
-
-
-def decode_image(data: Any) -> Image.Image:
-    """Raw base64 or a ``data:image/...;base64,`` URL → an RGB image, refusing bombs and non-images."""
-    if not isinstance(data, str):
-        raise RequestError("init_image must be a base64 string", "invalid_image")
-    if data.startswith("data:"):
-        data = data.partition(",")[2]
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError("init_image is not valid base64", "invalid_image") from None
-    try:
-        image = Image.open(io.BytesIO(raw))
-        if image.width * image.height > MAX_INIT_PIXELS:
-            raise RequestError("init_image is too large (at most 16 megapixels)", "invalid_image")
-        image.load()
-        return image.convert("RGB")
-    except RequestError:
-        raise
-    except Exception:
-        raise RequestError("init_image is not a readable image", "invalid_image") from None
+    body = request.app[SERVER].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

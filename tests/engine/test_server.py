@@ -1,4 +1,5 @@
-"""The engine server in-process (aiohttp test server on a real port): submit, events, result, cancel, auth."""
+"""The engine server in-process (aiohttp test server on a real port): submit, events, result, cancel, auth,
+browser protection, what a finished job keeps, sync mode."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import subprocess
 import sys
 
+import aiohttp
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -39,7 +41,7 @@ async def client(tiny_model_dir):
 async def wait_done(client, job_id, timeout=20):
     for _ in range(int(timeout / 0.05)):
         snapshot = await (await client.get(f"/images/jobs/{job_id}", headers=AUTH)).json()
-        if snapshot["state"] in ("SUCCEEDED", "FAILED", "CANCELED"):
+        if snapshot["state"] in ("SUCCEEDED", "FAILED", "CANCELED", "TIMED_OUT"):
             return snapshot
         await asyncio.sleep(0.05)
     raise TimeoutError(job_id)
@@ -113,9 +115,12 @@ async def test_idempotent_resubmit_returns_the_same_job(client):
     assert (await second.json())["id"] == job_id
     await wait_done(client, job_id)
     metrics = await (await client.get("/metrics", headers=AUTH)).text()
-    assert 'imaginebot_engine_jobs{state="SUCCEEDED"} 1' in metrics
-    assert "imaginebot_engine_images_total 2" in metrics
-    assert "imaginebot_engine_queue_length 0" in metrics
+    assert 'imaginebot_engine_jobs{state="SUCCEEDED"} 1.0' in metrics
+    assert "imaginebot_engine_images_total 2.0" in metrics
+    assert "imaginebot_engine_queue_length 0.0" in metrics
+    assert "imaginebot_engine_generation_seconds_count 1.0" in metrics
+    assert "imaginebot_engine_queue_wait_seconds_count 1.0" in metrics
+    assert "imaginebot_engine_images_per_second" in metrics
 
 
 async def test_auth_errors_and_limits(client):
@@ -123,56 +128,145 @@ async def test_auth_errors_and_limits(client):
     wrong = await client.get("/images/jobs/x", headers={"Authorization": "Bearer nope"})
     assert wrong.status == 401 and (await wrong.json())["error"]["code"] == "unauthorized"
     assert (await client.get("/metrics")).status == 401
-    health = await client.get("/healthz")  # open: load balancers probe it
-    assert health.status == 200 and (await health.json())["model"] == "tiny"
+    health = await client.get("/healthz")  # open: load balancers probe it, and learn only ready or not
+    assert health.status == 200 and await health.json() == {"status": "ok"}
+    detailed = await (await client.get("/healthz", headers=AUTH)).json()
+    assert detailed["model"] == "tiny" and detailed["slots"] == 1
+    basic = aiohttp.BasicAuth("anyone", TOKEN)  # A1111 clients send the token as a Basic password
+    assert (await client.get("/images/jobs/nope", auth=basic)).status == 404
+    assert (await client.get("/images/jobs/nope", auth=aiohttp.BasicAuth("anyone", "nope"))).status == 401
 
     missing = await client.get("/images/jobs/nope", headers=AUTH)
     assert missing.status == 404 and (await missing.json())["error"]["code"] == "not_found"
     assert (await client.delete("/images/jobs/nope", headers=AUTH)).status == 404
     assert (await client.get("/images/nope.png", headers=AUTH)).status == 404
 
-    for bad in (
-        body(prompt=""),
-        body(width=63),
-        body(steps=0),
-        body(n=99),
-        body(operation="explode"),
-        body(operation="vary_subtle"),
-        body(init_image="not base64!"),
-        body(seed=-1),
-        body(init_image=base64.b64encode(b"not an image").decode()),
-        body(chaos=101),
-        body(chaos="lots"),
-        body(prompt_parts="a::2"),
-        body(prompt_parts=[["a", 1.0], ["b", -2.0]]),  # the total must be positive
-        body(prompt_parts=[["", 1.0]]),
-        body(prompt_parts=[["a", 1.0, 3]]),
-        body(prompt_parts=[["a", float("inf")]]),
-        body(prompt_parts=[["a", True]]),
-        body(prompt_parts=[["a", 1.0]] * 17),
+    for bad, field in (
+        (body(prompt=""), "prompt"),
+        (body(prompt="   "), "prompt"),
+        (body(width=63), "width"),
+        (body(width="64"), "width"),
+        (body(steps=0), "steps"),
+        (body(n=99), "n"),
+        (body(operation="explode"), "operation"),
+        (body(operation="vary_subtle"), "init_image"),
+        (body(init_image="not base64!"), "init_image"),
+        (body(seed=-1), "seed"),
+        (body(init_image=base64.b64encode(b"not an image").decode()), "init_image"),
+        (body(chaos=101), "chaos"),
+        (body(chaos="lots"), "chaos"),
+        (body(guidance=True), "guidance"),
+        (body(prompt_parts="a::2"), "prompt_parts"),
+        (body(prompt_parts=[["a", 1.0], ["b", -2.0]]), "prompt_parts"),  # the total must be positive
+        (body(prompt_parts=[["", 1.0]]), "prompt_parts"),
+        (body(prompt_parts=[["a", 1.0, 3]]), "prompt_parts.0"),
+        (body(prompt_parts=[["a", True]]), "prompt_parts"),
+        (body(prompt_parts=[["a", 1.0]] * 17), "prompt_parts"),
+        (body(callback_url="ftp://example.com/hook"), "callback_url"),
     ):
         response = await client.post("/images/jobs", json=bad, headers=AUTH)
-        assert response.status == 400, bad
+        assert response.status == 422, bad
         error = (await response.json())["error"]
-        assert error["code"] in ("invalid_request", "invalid_image") and error["message"]
+        assert error["code"] in ("invalid_request", "invalid_image"), bad
+        assert error["field"].startswith(field) and error["message"].startswith(field), (bad, error)
+    infinite = await client.post(
+        "/images/jobs",
+        data=b'{"prompt": "a", "prompt_parts": [["a", Infinity]]}',
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert infinite.status == 422 and (await infinite.json())["error"]["field"].startswith("prompt_parts")
     huge = await client.post(
         "/images/jobs", data=b"x" * (2**20 + 10), headers={**AUTH, "Content-Type": "application/json"}
     )
     assert huge.status == 413 and (await huge.json())["error"]["code"] == "too_large"
-    assert (await client.post("/images/jobs", data=b"[1,", headers=AUTH)).status == 400
+    broken = await client.post(
+        "/images/jobs", data=b"[1,", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert broken.status == 400
 
 
-async def test_a_model_that_fails_to_load_fails_jobs_with_a_reason():
-    app = create_app(LocalDiffusersEngine("/no/such/model.safetensors", device="cpu"), model_name="missing")
+async def test_a_model_that_fails_to_load_is_named_by_its_alias_only(tmp_path):
+    missing = tmp_path / "private" / "models" / "missing.safetensors"
+    app = create_app(LocalDiffusersEngine(str(missing), device="cpu"), model_name=str(missing))
     async with TestClient(TestServer(app)) as client:
         for _ in range(100):
             health = await client.get("/healthz")
             if (await health.json())["status"] != "loading":
                 break
             await asyncio.sleep(0.05)
-        assert health.status == 503 and "not found" in (await health.json())["error"]
+        shown = await health.text()  # no token configured: details, but never the path or the error text
+        assert health.status == 503 and (await health.json())["status"] == "failed"
+        assert "private" not in shown and "not found" not in shown and "error" not in shown
         response = await client.post("/images/jobs", json=body())
-        assert response.status == 503 and (await response.json())["error"]["code"] == "engine_unavailable"
+        assert response.status == 503
+        error = (await response.json())["error"]
+        assert error["code"] == "engine_unavailable"
+        assert error["message"] == "the model missing.safetensors could not be loaded"
+        assert "private" not in await (await client.get("/sdapi/v1/sd-models")).text()
+
+
+async def test_a_loopback_server_without_a_token_refuses_what_a_web_page_could_send(tiny_model_dir):
+    """A page in a browser on this host may POST text/plain or form data cross-origin without CORS."""
+    app = create_app(LocalDiffusersEngine(str(tiny_model_dir), device="cpu"), model_name="tiny")
+    async with TestClient(TestServer(app)) as client:
+        plain = await client.post(
+            "/images/jobs", data=b'{"prompt": "x"}', headers={"Content-Type": "text/plain"}
+        )
+        assert plain.status == 415 and (await plain.json())["error"]["code"] == "unsupported_media_type"
+        for route in ("/sdapi/v1/txt2img", "/v1/images/generations"):
+            assert (
+                await client.post(route, data=b"{}", headers={"Content-Type": "text/plain"})
+            ).status == 415
+        foreign = await client.post("/images/jobs", json=body(), headers={"Origin": "https://evil.example"})
+        assert foreign.status == 403 and (await foreign.json())["error"]["code"] == "forbidden_origin"
+        form = await client.post(
+            "/v1/images/edits", data={"prompt": "x"}, headers={"Origin": "http://localhost:1"}
+        )
+        assert form.status == 403
+        assert (await client.get("/images/jobs/x/events", headers={"Origin": "null"})).status == 403
+        own = str(client.make_url("")).rstrip("/")
+        same = await client.post("/images/jobs", json=body(prompt=""), headers={"Origin": own})
+        assert same.status == 422  # same origin passes the check (and the prompt is what is wrong)
+
+
+async def test_a_finished_job_keeps_only_what_a_client_can_fetch(client):
+    """No decoded input image in memory or in the database once the job is over; results in the store."""
+    from engine.server.context import SERVER
+
+    server = client.server.app[SERVER]
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(buffer, format="PNG")
+    init = base64.b64encode(buffer.getvalue()).decode()
+    response = await client.post(
+        "/images/jobs", json=body(operation="img2img", init_image=init, n=1), headers=AUTH
+    )
+    job_id = (await response.json())["id"]
+    row = await server.manager.store.get(job_id)
+    assert row is not None and row.init_image is not None  # kept while the job may still (re)run
+    snapshot = await wait_done(client, job_id)
+    assert snapshot["state"] == "SUCCEEDED"
+    assert job_id not in server.manager.active  # nothing of it in memory
+    row = await server.manager.store.get(job_id)
+    assert row.init_image is None and row.expires_at is not None
+    got = await client.get(snapshot["images"][0], headers=AUTH)
+    assert got.status == 200 and Image.open(io.BytesIO(await got.read())).size == (64, 64)
+
+
+async def test_sync_mode_within_and_beyond_the_wait(client):
+    quick = await client.post("/images/jobs?wait=60", json=body(n=1), headers=AUTH)
+    assert quick.status == 200
+    snapshot = await quick.json()
+    assert snapshot["state"] == "SUCCEEDED" and len(snapshot["images"]) == 1
+    slow = await client.post(
+        "/images/jobs?wait=0.01", json=body(steps=150, width=128, height=128, n=1), headers=AUTH
+    )
+    assert slow.status == 202
+    pending = await slow.json()
+    assert pending["state"] in ("QUEUED", "PROCESSING") and pending["images"] == []
+    await client.delete(f"/images/jobs/{pending['id']}", headers=AUTH)
+    for wait in ("121", "-1", "soon"):
+        refused = await client.post(f"/images/jobs?wait={wait}", json=body(), headers=AUTH)
+        assert refused.status == 422 and (await refused.json())["error"]["field"] == "wait"
 
 
 def test_serve_refuses_a_public_host_without_a_token(tmp_path):

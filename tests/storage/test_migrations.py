@@ -26,7 +26,8 @@ from storage.users import UserRepository
 
 LEGACY_SCHEMA = Path(__file__).with_name("legacy_create_all.sql")
 TABLES = set(SQLModel.metadata.tables)
-BASELINE_TABLES = set(migrations.baseline_metadata().tables)  # what the pre-migration code made
+LEGACY_TABLES = set(migrations.baseline_metadata().tables)
+"""What a pre-migration ``create_all`` database holds (later revisions add tables, e.g. the engine server's)."""
 
 
 def url(path: Path) -> str:
@@ -86,7 +87,7 @@ async def test_a_new_database_is_created_at_the_newest_revision(tmp_path):
 async def test_a_create_all_database_is_stamped_upgraded_and_keeps_its_data(tmp_path):
     path = tmp_path / "old.db"
     make_legacy_database(path)
-    assert tables_and_revision(path) == (BASELINE_TABLES, [])
+    assert tables_and_revision(path) == (LEGACY_TABLES, [])
 
     database = await Database.open(url(path))
     try:
@@ -139,7 +140,7 @@ async def test_a_database_older_than_the_baseline_is_refused_and_left_as_it_was(
     with pytest.raises(migrations.MigrationError, match=r"users\.remix"):
         await Database.open(url(path))
 
-    assert tables_and_revision(path) == (BASELINE_TABLES, [])
+    assert tables_and_revision(path) == (LEGACY_TABLES, [])
 
 
 async def test_opening_twice_and_at_once_is_safe(tmp_path):
@@ -244,7 +245,7 @@ async def test_a_failing_revision_leaves_the_database_as_it_was(tmp_path, monkey
     finally:
         migrations.script_directory.cache_clear()
 
-    assert tables_and_revision(path) == (BASELINE_TABLES, [])  # not even stamped
+    assert tables_and_revision(path) == (LEGACY_TABLES, [])  # not even stamped
     with sqlite3.connect(path) as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
     assert "locale" not in columns

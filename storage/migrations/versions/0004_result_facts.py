@@ -4,8 +4,8 @@ prompt digest, model and generation time.
 Rows stored before get their storage key (the local folder's layout, the only store there was) and the
 prompt digest, model and engine seconds of their job; their byte size stays unknown.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-28
 """
 
@@ -16,8 +16,8 @@ import hashlib
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision: str | None = "0002"
+revision = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | None = None
 depends_on: str | None = None
 
