@@ -7,8 +7,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+import aiohttp
 import discord
 from discord.ext import commands
+from pydantic import SecretStr
 
 from bot.edit_budget import EditBudget
 from bot.intake import Intake, model_aliases
@@ -22,7 +24,7 @@ from bot.tiers import TierConfig, load_tiers
 from engine.base import Engine
 from storage.audit import AuditRepository
 from storage.db import Database
-from storage.images import LocalImageStore
+from storage.image_store import ImageStore, open_image_store
 from storage.jobs import JobRepository
 from storage.ledger import LedgerRepository
 from storage.models import Mode
@@ -73,6 +75,7 @@ class ImagineBot(commands.Bot):
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         guild_ready_timeout: float = 2.0,
         watchdog_interval: float = 15.0,
+        http_trace: aiohttp.TraceConfig | None = None,
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channels and roles; no privileged intents needed
@@ -81,6 +84,8 @@ class ImagineBot(commands.Bot):
             intents=intents,
             guild_ready_timeout=guild_ready_timeout,
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+            # bot/ops_server.py counts Discord requests and 429s through it; an empty one costs nothing
+            http_trace=http_trace or aiohttp.TraceConfig(),
         )
         self.settings = settings
         self.engine = engine
@@ -97,6 +102,7 @@ class ImagineBot(commands.Bot):
             settings.progress_edits_per_second, min_interval=settings.progress_edit_interval
         )
         """Every edit of an existing message that may wait: progress edits and used-button marks."""
+        self.images: ImageStore | None = None
         self.model_aliases = model_aliases(engine)
         self.maintenance: dict[str, Callable[[], Awaitable[object]]] = {}
         """Rounds the watchdog runs besides the time limits, by name (the presenter adds its own:
@@ -108,6 +114,8 @@ class ImagineBot(commands.Bot):
     async def setup_hook(self) -> None:
         self.database = await Database.open(self.settings.resolved_database_url)
         self._opened = True
+        self.images = image_store_for(self.settings)
+        await self.images.start()  # raises ImageStoreError (e.g. a missing bucket) before anything runs
         self.accounts = UserRepository(self.database)
         self.audit = AuditRepository(self.database)
         self.moderator = Moderator(
@@ -119,7 +127,7 @@ class ImagineBot(commands.Bot):
         )
         await self.moderator.load()
         self.quotas = QuotaService(self.accounts, LedgerRepository(self.database), self.tiers, now=self.now)
-        store = LocalImageStore(self.settings.images_dir)
+        store = self.images
         job_repository = JobRepository(self.database, now=self.now)
         self.jobs = JobService(
             job_repository,
@@ -196,4 +204,24 @@ class ImagineBot(commands.Bot):
             await super().close()
             if self._opened:
                 await self.database.close()
+            if self.images is not None:
+                await self.images.close()
             self._shut_down = True
+
+
+def image_store_for(settings: Settings) -> ImageStore:
+    """The store ``IMAGE_STORE`` names, with the S3 settings (not started)."""
+
+    def secret(value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    return open_image_store(
+        settings.image_store,
+        settings.images_dir,
+        endpoint_url=settings.s3_endpoint_url,
+        access_key_id=secret(settings.aws_access_key_id),
+        secret_access_key=secret(settings.aws_secret_access_key),
+        region=settings.aws_region,
+        public_base_url=settings.image_public_base_url,
+        link_seconds=settings.image_link_seconds,
+    )

@@ -9,6 +9,7 @@ the same message, so the user sees it once).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import statistics
@@ -45,8 +46,9 @@ from engine.base import (
 from engine.geometry import output_size
 from engine.seeds import tile_seeds
 from engine.sizes import size_for_aspect
-from storage.images import ImageNotFound, LocalImageStore
-from storage.jobs import JobRepository, StoredImage
+from storage.image_store import ImageStore, ImageStoreError
+from storage.images import ImageNotFound, encode_png
+from storage.jobs import JobRepository, ResultFacts, StoredImage
 from storage.models import Job, JobKind, as_utc
 from storage.states import InvalidTransition, JobState
 
@@ -62,6 +64,11 @@ _PHASE = {
     JobState.GENERATED: "generating",
     JobState.STORING: "being stored",
 }
+
+STORE_FAILED_REASON = (
+    "⚠️ The result could not be saved, so it was not posted. Nothing was charged; please try again."
+)
+"""What the user sees when the image store refused every attempt to upload a result."""
 
 FLAGGED_REASON = "🚫 The safety filter flagged this result, so it was not posted. Nothing was charged."
 """What the user sees when the engine's safety checker refused a job (the job ends FAILED: no charge)."""
@@ -148,7 +155,7 @@ class JobService:
     def __init__(
         self,
         repo: JobRepository,
-        store: LocalImageStore,
+        store: ImageStore,
         engine: Engine,
         scheduler: Scheduler,
         defaults: JobDefaults,
@@ -462,13 +469,33 @@ class JobService:
             job = await self.repo.transition(job.id, JobState.STORING)
         except InvalidTransition:
             return  # canceled or timed out meanwhile
+        try:
+            stored = await self._store(job, images)
+        except (ImageStoreError, OSError) as error:
+            # each upload was already retried (the S3 client's retry mode); no row names a partial result
+            log.warning("job %s: could not store the result: %s", job.id, error)
+            await self._finish_unsuccessfully(job, JobState.FAILED, STORE_FAILED_REASON)
+            return
+        await self._publish(job, stored)
+
+    async def _store(self, job: Job, images: list[Image.Image]) -> list[StoredImage]:
+        """Every image into the store, then one database write naming them all (with what made them)."""
         seeds = tile_seeds(job.seed, len(images))
         stored = []
         for index, image in enumerate(images):
-            key = await self.store.put_image(image)
-            stored.append(StoredImage(index, key, image.width, image.height, seeds[index]))
-        await self.repo.replace_images(job.id, stored)
-        await self._publish(job, stored)
+            data = await asyncio.to_thread(encode_png, image)
+            key = await self.store.put(data)
+            location = self.store.location(key)
+            stored.append(
+                StoredImage(index, key, image.width, image.height, seeds[index], location, len(data))
+            )
+        facts = ResultFacts(
+            prompt_sha256=hashlib.sha256(job.prompt.encode()).hexdigest(),
+            model=job.params.model or job.model,
+            generation_seconds=job.engine_seconds,
+        )
+        await self.repo.replace_images(job.id, stored, facts)
+        return stored
 
     async def _publish(self, job: Job, stored: list[StoredImage]) -> None:
         try:

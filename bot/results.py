@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from PIL import Image
 
 from engine.base import Operation
-from storage.images import LocalImageStore
+from storage.image_store import ImageStore
 from storage.jobs import JobRepository
 from storage.models import Job, JobKind
 from storage.results import ResultRepository
@@ -124,7 +124,7 @@ class ResultService:
         self,
         results: ResultRepository,
         jobs: JobRepository,
-        store: LocalImageStore,
+        store: ImageStore,
         *,
         now: Callable[[], datetime],
     ) -> None:

@@ -137,6 +137,37 @@ class Settings(BaseSettings):
         default=60, gt=0, le=7 * 24 * 60, description="Minutes a /gallery link stays valid."
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="'json': one JSON object per line (with the job id where there is one)."
+    )
+    lease_seconds: float = Field(
+        default=15,
+        ge=1,
+        le=600,
+        description="Postgres only: the active bot process's lease; a standby takes over within this time "
+        "after the active one dies (see bot/lease.py).",
+    )
+    image_store: str = Field(
+        default="",
+        description="Where result images go: empty = DATA_DIR/images, a folder path, or s3://BUCKET/PREFIX.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, R2, ...); empty: AWS S3."
+    )
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_region: str = "us-east-1"
+    image_public_base_url: str | None = Field(
+        default=None,
+        description="Public base URL (a CDN in front of the bucket) for image links; empty: presigned links.",
+    )
+    image_link_seconds: int = Field(
+        default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600, description="How long a presigned image link works."
+    )
+    http_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Serve /healthz and /metrics on this port (off when unset)."
+    )
+    http_host: str = Field(default="127.0.0.1", description="Address of the /healthz and /metrics server.")
 
     @field_validator("admin_user_ids", "admin_role_ids", mode="before")
     @classmethod

@@ -6,14 +6,23 @@ database to the newest revision before handing out sessions, so a database made 
 The upgrade runs in one transaction on a connection of its own: on SQLite it starts with
 ``BEGIN IMMEDIATE``, so a second process opening the same file waits for the first to finish and then
 finds nothing left to do; on Postgres an advisory lock does the same.
+
+On SQLite, openers of one file also take turns on a lock file beside it (``<file>.open-lock``) while
+they connect and upgrade: the first connection to a new file switches it to WAL, and SQLite answers
+``PRAGMA journal_mode=WAL`` with "database is locked" at once, without waiting on the busy timeout,
+when another connection touches the file meanwhile. Once the file is in WAL mode (it stays so) the
+pragma needs no lock, so only the opening has to take turns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -46,6 +55,9 @@ class Database:
         try:
             if sqlite and _sqlite_in_memory(url):
                 await _upgrade(engine)  # private to this engine's one connection: nobody to wait for
+            elif sqlite:
+                async with _opening_turn(url):
+                    await _upgrade_on_own_connection(url)
             else:
                 await _upgrade_on_own_connection(url)
         except BaseException:
@@ -84,6 +96,26 @@ async def _upgrade_on_own_connection(url: str) -> None:
         await _upgrade(engine)
     finally:
         await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def _opening_turn(url: str) -> AsyncIterator[None]:
+    """Hold ``<file>.open-lock`` (an OS file lock, released by the OS if the process dies)."""
+    lock = FileLock(
+        f"{_sqlite_path(url)}.open-lock", timeout=SQLITE_MIGRATION_BUSY_TIMEOUT_MS / 1000, thread_local=False
+    )
+    try:
+        lock.acquire(blocking=False)  # the usual case: nobody else is opening the file
+    except Timeout:
+        await asyncio.to_thread(lock.acquire)  # wait (blocking) for the other opener's turn to end
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _sqlite_path(url: str) -> str:
+    return str(make_url(url).database)
 
 
 def _ensure_sqlite_folder(url: str) -> None:

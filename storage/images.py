@@ -34,6 +34,18 @@ class LocalImageStore:
             raise ImageNotFound(key)
         return self.root / key[:2] / f"{key}.png"
 
+    async def start(self) -> None:
+        """The folder is made on first write; nothing to check."""
+
+    async def close(self) -> None:
+        pass
+
+    def location(self, key: str) -> str:
+        return str(self.path(key).relative_to(self.root))
+
+    async def url(self, key: str) -> str | None:
+        return None  # served by whatever serves the folder (the bot itself attaches the bytes)
+
     async def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
         await asyncio.to_thread(self._write, self.path(key), data)

@@ -26,6 +26,17 @@ class StoredImage:
     width: int
     height: int
     seed: int
+    storage_key: str | None = None
+    byte_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ResultFacts:
+    """What the results table keeps beside each image: how the job's images were made."""
+
+    prompt_sha256: str | None = None
+    model: str | None = None
+    generation_seconds: float | None = None
 
 
 class JobRepository:
@@ -130,8 +141,11 @@ class JobRepository:
             )
             return (await session.exec(statement)).all()
 
-    async def replace_images(self, job_id: str, images: Sequence[StoredImage]) -> None:
+    async def replace_images(
+        self, job_id: str, images: Sequence[StoredImage], facts: ResultFacts | None = None
+    ) -> None:
         """Record a job's result images; a retried store replaces the rows instead of doubling them."""
+        facts = facts or ResultFacts()
         async with self.database.sessions() as session:
             existing = (await session.exec(select(JobImage).where(JobImage.job_id == job_id))).all()
             for row in existing:
@@ -145,6 +159,11 @@ class JobRepository:
                         width=image.width,
                         height=image.height,
                         seed=image.seed,
+                        storage_key=image.storage_key,
+                        byte_size=image.byte_size,
+                        prompt_sha256=facts.prompt_sha256,
+                        model=facts.model,
+                        generation_seconds=facts.generation_seconds,
                     )
                 )
             await session.commit()
@@ -153,4 +172,12 @@ class JobRepository:
         async with self.database.sessions() as session:
             statement = select(JobImage).where(JobImage.job_id == job_id).order_by(col(JobImage.index))
             rows = (await session.exec(statement)).all()
-        return [StoredImage(r.index, r.key, r.width, r.height, r.seed) for r in rows]
+        return [
+            StoredImage(r.index, r.key, r.width, r.height, r.seed, r.storage_key, r.byte_size) for r in rows
+        ]
+
+    async def image_rows(self, job_id: str) -> Sequence[JobImage]:
+        """The results table's rows of a job (with what made them), by index."""
+        async with self.database.sessions() as session:
+            statement = select(JobImage).where(JobImage.job_id == job_id).order_by(col(JobImage.index))
+            return (await session.exec(statement)).all()

@@ -200,10 +200,31 @@ class JobImage(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     job_id: str = Field(foreign_key="jobs.id", index=True, max_length=32)
     index: int
-    key: str = Field(max_length=64)
+    key: str = Field(max_length=64)  # the SHA-256 of the PNG bytes: the image's hash and its address
     width: int
     height: int
     seed: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    # what made it and where it lies (revision 0004; None on rows stored before it where unknown)
+    storage_key: str | None = None  # the path under the folder, or the S3 object key
+    byte_size: int | None = None
+    prompt_sha256: str | None = Field(default=None, max_length=64)  # SHA-256 of the job's prompt text
+    model: str | None = None
+    generation_seconds: float | None = None  # the job's engine seconds
+
+
+class BotLease(SQLModel, table=True):
+    """Which bot process is the active one, when several share a Postgres database (``bot/lease.py``).
+
+    One row per lease name. The holder renews ``expires_at`` by heartbeat; another process may take the
+    row over only once it has expired. Times are the database server's clock, so hosts' clocks do not matter.
+    """
+
+    __tablename__ = "bot_lease"
+
+    name: str = Field(primary_key=True, max_length=40)
+    holder: str = Field(max_length=200)
+    acquired_at: datetime
+    expires_at: datetime
 
 
 # The engine server's tables: registered on the same metadata, so the migrations check them too.

@@ -1,4 +1,5 @@
-"""Fixtures for job-service tests: the tiny engine, a SQLite file and an image folder."""
+"""Fixtures for job-service tests: the tiny engine, a database (SQLite file or Postgres: the tests that use
+``parts`` run on both) and an image folder."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from storage.images import LocalImageStore
 
 
 @pytest.fixture
-async def parts(tmp_path, tiny_model_dir):
+async def parts(tmp_path, tiny_model_dir, database_url):
     engine = LocalDiffusersEngine(str(tiny_model_dir), "cpu")
     await engine.start()
-    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    database = await Database.open(database_url)
     yield engine, database, LocalImageStore(tmp_path / "images")
     await database.close()
     await engine.close()

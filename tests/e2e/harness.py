@@ -44,8 +44,12 @@ def bot_environment(emu: DiscordEmulator, model_dir: Path, data_dir: Path, **ext
 
 
 def bot_settings(emu: DiscordEmulator, model_dir: Path, data_dir: Path, **extra: Any) -> Settings:
-    values = {k.lower(): v for k, v in bot_environment(emu, model_dir, data_dir, **extra).items()}
-    return load_settings(_env_file=None, database_url=None, **values)
+    """``database_url=...`` in ``extra`` picks the database (default: SQLite in ``data_dir``)."""
+    values: dict[str, object] = {
+        k.lower(): v for k, v in bot_environment(emu, model_dir, data_dir, **extra).items()
+    }
+    values.setdefault("database_url", None)
+    return load_settings(_env_file=None, **values)
 
 
 class InProcessBot:

@@ -45,8 +45,8 @@ async def click_and_wait(emu: DiscordEmulator, message, custom_id: str, done, us
     )
 
 
-async def test_imagine_grid_buttons_and_restart(emu, tiny_model_dir, tmp_path):
-    settings = bot_settings(emu, tiny_model_dir, tmp_path / "data")
+async def test_imagine_grid_buttons_and_restart(emu, tiny_model_dir, tmp_path, database_url):
+    settings = bot_settings(emu, tiny_model_dir, tmp_path / "data", database_url=database_url)
     runner = InProcessBot(settings)
     bot = await runner.start(emu)
     try:

@@ -139,9 +139,11 @@ async def all_terminal(bot) -> bool:
     return all(JobState(job.state).terminal for job in await all_jobs(bot))
 
 
-async def test_double_click_owner_remix_and_show(emu, tiny_model_dir, tmp_path):
+async def test_double_click_owner_remix_and_show(emu, tiny_model_dir, tmp_path, database_url):
     mallory = emu.add_user("mallory")
-    async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu) as runner:
+    async with running_bot(
+        bot_settings(emu, tiny_model_dir, tmp_path / "data", database_url=database_url), emu
+    ) as runner:
         bot, user = runner.bot, emu.default_user
         grid = await grid_of(emu, "lighthouse at dusk --seed 3")
         grid_id = job_id_of(grid)

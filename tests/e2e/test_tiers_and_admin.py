@@ -32,9 +32,11 @@ async def rows(bot, model, *where):
         return list((await session.exec(select(model).where(*where))).all())
 
 
-async def test_tier_priority_caps_info_cancel_and_admin(emu, tiny_model_dir, tmp_path):
+async def test_tier_priority_caps_info_cancel_and_admin(emu, tiny_model_dir, tmp_path, database_url):
     admin, basic, pro, free = (emu.add_user(name) for name in ("admin", "bea", "pia", "fred"))
-    settings = bot_settings(emu, tiny_model_dir, tmp_path / "data", admin_user_ids=str(admin.id))
+    settings = bot_settings(
+        emu, tiny_model_dir, tmp_path / "data", database_url=database_url, admin_user_ids=str(admin.id)
+    )
     async with running_bot(settings, emu) as runner:
         bot = runner.bot
 

@@ -1,15 +1,9 @@
-"""The same migrations on Postgres (asyncpg), when ``IMAGINEBOT_TEST_POSTGRES_URL`` names a scratch database.
-
-Skipped otherwise. The tests empty that database's ``public`` schema: never point it at one you keep.
-Example: ``IMAGINEBOT_TEST_POSTGRES_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/scratch``.
-"""
+"""The same migrations on Postgres (asyncpg), on the throwaway cluster of ``tests/postgres.py``."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -17,21 +11,6 @@ from storage import migrations
 from storage.db import Database
 from storage.jobs import JobRepository
 from storage.states import JobState
-
-POSTGRES_URL = os.environ.get("IMAGINEBOT_TEST_POSTGRES_URL", "")
-
-pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="IMAGINEBOT_TEST_POSTGRES_URL is not set")
-
-
-@pytest.fixture
-async def scratch() -> str:
-    pytest.importorskip("asyncpg")
-    engine = create_async_engine(POSTGRES_URL)
-    async with engine.begin() as connection:
-        await connection.execute(text("DROP SCHEMA public CASCADE"))
-        await connection.execute(text("CREATE SCHEMA public"))
-    await engine.dispose()
-    return POSTGRES_URL
 
 
 async def revision_and_differences(url: str) -> tuple[str | None, list[object]]:
@@ -43,16 +22,16 @@ async def revision_and_differences(url: str) -> tuple[str | None, list[object]]:
     return revision, differences
 
 
-async def test_new_postgres_database_opened_at_once_twice(scratch):
-    first, second = await asyncio.gather(Database.open(scratch), Database.open(scratch))
+async def test_new_postgres_database_opened_at_once_twice(postgres_url):
+    first, second = await asyncio.gather(Database.open(postgres_url), Database.open(postgres_url))
     await first.close()
     await second.close()
 
-    assert await revision_and_differences(scratch) == (migrations.head_revision(), [])
+    assert await revision_and_differences(postgres_url) == (migrations.head_revision(), [])
 
 
-async def test_create_all_postgres_database_is_stamped_and_keeps_its_data(scratch):
-    engine = create_async_engine(scratch)
+async def test_create_all_postgres_database_is_stamped_and_keeps_its_data(postgres_url):
+    engine = create_async_engine(postgres_url)
     async with engine.begin() as connection:
         await connection.run_sync(migrations.baseline_metadata().create_all)  # what create_all made
         await connection.execute(
@@ -65,9 +44,9 @@ async def test_create_all_postgres_database_is_stamped_and_keeps_its_data(scratc
         )
     await engine.dispose()
 
-    database = await Database.open(scratch)
+    database = await Database.open(postgres_url)
     try:
         assert (await JobRepository(database).get("j1")).state == JobState.QUEUED
     finally:
         await database.close()
-    assert await revision_and_differences(scratch) == (migrations.head_revision(), [])
+    assert await revision_and_differences(postgres_url) == (migrations.head_revision(), [])

@@ -12,13 +12,14 @@ from storage.states import InvalidTransition, JobState
 
 
 @pytest.fixture
-async def repo(tmp_path):
-    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+async def repo(database_url):
+    """On SQLite and on Postgres (``database_url`` is parametrized)."""
+    database = await Database.open(database_url)
     yield JobRepository(database)
     await database.close()
 
 
-async def test_transitions_are_persisted_with_history(repo, tmp_path):
+async def test_transitions_are_persisted_with_history(repo, database_url):
     job = await repo.create(Job(user_id=7, prompt="fox", params={"display": "fox"}))
     for state in (JobState.SUBMITTED, JobState.QUEUED, JobState.PROCESSING):
         job = await repo.transition(job.id, state)
@@ -26,7 +27,7 @@ async def test_transitions_are_persisted_with_history(repo, tmp_path):
     assert (job.state, job.attempts) == (JobState.QUEUED, 1)
 
     # a second connection (a new process) sees the same row and history
-    other = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    other = await Database.open(database_url)
     try:
         again = await JobRepository(other).get(job.id)
         history = await JobRepository(other).transitions(job.id)
