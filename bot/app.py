@@ -18,6 +18,7 @@ from bot.scheduler import Scheduler
 from bot.settings import Settings
 from bot.tiers import TierConfig, load_tiers
 from engine.base import Engine
+from engine.safe_fetch import DEFAULT_POLICY, FetchPolicy
 from storage.audit import AuditRepository
 from storage.db import Database
 from storage.images import LocalImageStore
@@ -55,6 +56,7 @@ class ImagineBot(commands.Bot):
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         guild_ready_timeout: float = 2.0,
         watchdog_interval: float = 15.0,
+        fetch_policy: FetchPolicy = DEFAULT_POLICY,
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channels and roles; no privileged intents needed
@@ -69,6 +71,9 @@ class ImagineBot(commands.Bot):
         self.tiers = tiers or load_tiers(settings.tiers_file)
         self.now = now
         self.watchdog_interval = watchdog_interval
+        self.fetch_policy = (
+            fetch_policy  # image links (IMAGE_URLS) and attachments; tests allow a local server
+        )
         self._watchdog: asyncio.Task[None] | None = None
         self.scheduler = Scheduler(
             aging_seconds_per_level=settings.aging_seconds,

@@ -158,12 +158,13 @@ class ImagineCog(commands.Cog):
         )
 
     async def _load_image(self, parsed: ParsedPrompt, image: discord.Attachment | None):  # type: ignore[no-untyped-def]
+        policy: FetchPolicy = self.bot.fetch_policy  # type: ignore[attr-defined]
         if image is not None:
-            if image.size > FetchPolicy().max_bytes:
+            if image.size > policy.max_bytes:
                 raise ImageFetchError("the attachment is too large")
             data = await image.read()
             return await asyncio.to_thread(load_attachment_image, data)
-        return await fetch_image(parsed.image_urls[0])
+        return await fetch_image(parsed.image_urls[0], policy=policy)
 
 
 class ConfirmJobs(discord.ui.View):
