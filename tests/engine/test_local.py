@@ -132,27 +132,31 @@ async def test_preview_cadence(tiny_model_dir):
     assert [u.step for u in updates if u.preview is not None] == [2, 4, 5]
 
 
+class LoopProbe(CancelToken):
+    """At every check (one before the run, one per step) the engine thread asks the event loop to run a
+    callback and waits for it: only a loop that keeps running while the engine works can answer. No timing:
+    a busy machine only makes the answers slower; a blocked loop never answers (``wait`` gives up)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wait: float = 10.0) -> None:
+        super().__init__()
+        self.loop, self.wait = loop, wait
+        self.checks = self.answered = 0
+
+    @property
+    def cancelled(self) -> bool:
+        self.checks += 1
+        if self.answered == self.checks - 1:  # stop asking once the loop failed to answer
+            answered = threading.Event()
+            self.loop.call_soon_threadsafe(answered.set)
+            if answered.wait(self.wait):
+                self.answered += 1
+        return super().cancelled
+
+
 async def test_the_event_loop_keeps_running_during_generation(tiny_engine):
-    """Between two progress updates (delivered on the loop) the loop ran other tasks: the engine works in
-    its own thread. Counted, not timed, so a busy machine cannot fail it."""
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.005)
-
-    ticks_at_step: list[int] = []
-    task = asyncio.create_task(ticker())
-    try:
-        await tiny_engine.generate(
-            request(width=128, height=128, steps=8), lambda update: ticks_at_step.append(ticks)
-        )
-    finally:
-        task.cancel()
-    assert len(ticks_at_step) == 8
-    assert ticks_at_step[-1] > ticks_at_step[0], ticks_at_step  # the loop was not blocked in between
+    probe = LoopProbe(asyncio.get_running_loop())
+    await tiny_engine.generate(request(width=128, height=128, steps=8), cancel=probe)
+    assert probe.checks >= 9 and probe.answered == probe.checks  # before the run and after every step
 
 
 class CancelAfterChecks(CancelToken):
