@@ -1,4 +1,4 @@
-"""`/imagine`: parse and moderate the prompt, expand permutations and repeats, then queue the jobs.
+"""`/imagine`: read the prompt through the bot's ``Intake`` (bot/intake.py), then queue the jobs.
 
 Everything that can refuse a prompt without the network (syntax, moderation, admission) answers
 privately before the interaction is acknowledged. Image prompts (an attachment, or links when
@@ -17,38 +17,23 @@ import logging
 import discord
 from discord import app_commands
 from discord.ext import commands
+from PIL import Image
 
-from bot.jobs import Origin
-from bot.prompt import (
-    ParsedPrompt,
-    PromptDefaults,
-    PromptError,
-    append_suffix,
-    expand_permutations,
-    parse_prompt,
-)
+from bot.app import ImagineBot
+from bot.intake import IntakeRefused
+from bot.jobs import Acknowledge, Origin
+from bot.prompt import ParsedPrompt
 from cogs.submitting import answer_privately, submit_job
-from engine.safe_fetch import FetchPolicy, ImageFetchError, fetch_image, load_attachment_image
-from storage.models import User
+from engine.safe_fetch import ImageFetchError, fetch_image, load_attachment_image
+from storage.models import Job
 
 log = logging.getLogger(__name__)
 
-MAX_JOBS_PER_PROMPT = 40
 CONFIRM_TIMEOUT = 60.0
 
 
-def prompt_defaults(user: User) -> PromptDefaults:
-    preferences = user.preferences or {}
-    return PromptDefaults(
-        model=preferences.get("model"),
-        stylize=preferences.get("stylize"),
-        quality=preferences.get("quality"),
-        mode=preferences.get("mode"),
-    )
-
-
 class ImagineCog(commands.Cog):
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
 
     @app_commands.command(name="imagine", description="Create four images from a text prompt")
@@ -60,43 +45,19 @@ class ImagineCog(commands.Cog):
         self, interaction: discord.Interaction, prompt: str, image: discord.Attachment | None = None
     ) -> None:
         bot = self.bot
-        user = await bot.accounts.get(interaction.user.id, interaction.user.name)  # type: ignore[attr-defined]
+        user = await bot.accounts.get(interaction.user.id, interaction.user.name)
         try:
-            prompts = self._parse(append_suffix(prompt, user.suffix) if user.suffix else prompt, user, image)
-        except PromptError as error:
-            await interaction.response.send_message(str(error), ephemeral=True)
+            jobs = await bot.intake.read(user, prompt, attachments=1 if image else 0)
+        except IntakeRefused as refusal:
+            await interaction.response.send_message(str(refusal), ephemeral=True)
             return
-        texts = [text for parsed in prompts for text in (parsed.text, parsed.negative)]
-        refusal = await bot.moderator.check(user.id, *texts)  # type: ignore[attr-defined]
-        if refusal:
-            await interaction.response.send_message(refusal, ephemeral=True)
-            return
-        if prompts[0].image_urls and not bot.settings.image_urls:  # type: ignore[attr-defined]
-            await interaction.response.send_message(
-                "Image links are turned off on this server: attach the image to /imagine instead.",
-                ephemeral=True,
-            )
-            return
-        jobs = [parsed for parsed in prompts for _ in range(parsed.repeat)]
-        if len(jobs) > bot.settings.permutation_confirm_over:  # type: ignore[attr-defined]
+        if len(jobs) > bot.settings.permutation_confirm_over:
             view = ConfirmJobs(self, jobs, image)
             await interaction.response.send_message(
                 f"This prompt makes **{len(jobs)} jobs**. Start them all?", view=view, ephemeral=True
             )
             return
         await self.start_jobs(interaction, jobs, image)
-
-    def _parse(self, raw: str, user: User, image: discord.Attachment | None) -> list[ParsedPrompt]:
-        models = getattr(getattr(self.bot.engine, "registry", None), "specs", None)  # type: ignore[attr-defined]
-        variants = expand_permutations(raw, MAX_JOBS_PER_PROMPT)
-        defaults = prompt_defaults(user)
-        parsed = [
-            parse_prompt(text, models=frozenset(models) if models else None, attachments=1 if image else 0)
-            for text in variants
-        ]
-        if sum(p.repeat for p in parsed) > MAX_JOBS_PER_PROMPT:
-            raise PromptError(f"That prompt makes more than {MAX_JOBS_PER_PROMPT} jobs; split it up.")
-        return [p.with_defaults(defaults) for p in parsed]
 
     async def start_jobs(
         self, interaction: discord.Interaction, jobs: list[ParsedPrompt], image: discord.Attachment | None
@@ -115,18 +76,24 @@ class ImagineCog(commands.Cog):
                     interaction,
                     parsed,
                     self._channel_origin(interaction),
-                    started.params.get("init_image_key"),
+                    started.params.init_image_key,
                 )
             except Exception as error:  # refused (queue full...) or failed: say so once, privately
                 await interaction.followup.send(f"Not all jobs could start: {error}", ephemeral=True)
                 return
 
-    async def _submit(self, interaction: discord.Interaction, parsed: ParsedPrompt, acknowledge, key=None):  # type: ignore[no-untyped-def]
-        return await self.bot.jobs.submit_imagine(  # type: ignore[attr-defined]
+    async def _submit(
+        self,
+        interaction: discord.Interaction,
+        parsed: ParsedPrompt,
+        acknowledge: Acknowledge,
+        key: str | None = None,
+    ) -> Job:
+        return await self.bot.jobs.submit_imagine(
             interaction.user.id, acknowledge, parsed, user_name=interaction.user.name, init_image_key=key
         )
 
-    def _channel_origin(self, interaction: discord.Interaction):  # type: ignore[no-untyped-def]
+    def _channel_origin(self, interaction: discord.Interaction) -> Acknowledge:
         async def acknowledge() -> Origin:
             return Origin(channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id)
 
@@ -134,7 +101,7 @@ class ImagineCog(commands.Cog):
 
     async def _start_with_image(
         self, interaction: discord.Interaction, parsed: ParsedPrompt, image: discord.Attachment | None
-    ):  # type: ignore[no-untyped-def]
+    ) -> Job | None:
         response = await interaction.response.defer(thinking=True)
         origin = Origin(
             channel_id=interaction.channel_id or 0,
@@ -148,7 +115,7 @@ class ImagineCog(commands.Cog):
         except ImageFetchError as error:
             await answer_privately(interaction, f"That image could not be used: {error}")
             return None
-        key = await self.bot.jobs.store.put_image(picture)  # type: ignore[attr-defined]
+        key = await self.bot.jobs.store.put_image(picture)
 
         async def already_acknowledged() -> Origin:
             return origin
@@ -157,8 +124,9 @@ class ImagineCog(commands.Cog):
             interaction, lambda _: self._submit(interaction, parsed, already_acknowledged, key)
         )
 
-    async def _load_image(self, parsed: ParsedPrompt, image: discord.Attachment | None):  # type: ignore[no-untyped-def]
-        policy: FetchPolicy = self.bot.fetch_policy  # type: ignore[attr-defined]
+    async def _load_image(self, parsed: ParsedPrompt, image: discord.Attachment | None) -> Image.Image:
+        """The job's one image prompt (``Intake`` refuses more than ``MAX_IMAGE_PROMPTS``)."""
+        policy = self.bot.fetch_policy
         if image is not None:
             if image.size > policy.max_bytes:
                 raise ImageFetchError("the attachment is too large")
@@ -185,5 +153,5 @@ class ConfirmJobs(discord.ui.View):
         await interaction.response.edit_message(content="Canceled: nothing was queued.", view=None)
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: ImagineBot) -> None:
     await bot.add_cog(ImagineCog(bot))
