@@ -22,6 +22,7 @@ from bot.scheduler import Scheduler
 from bot.settings import Settings
 from bot.tiers import TierConfig, load_tiers
 from engine.base import Engine
+from engine.safe_fetch import DEFAULT_POLICY, FetchPolicy
 from storage.audit import AuditRepository
 from storage.db import Database
 from storage.image_store import ImageStore, open_image_store
@@ -76,6 +77,7 @@ class ImagineBot(commands.Bot):
         guild_ready_timeout: float = 2.0,
         watchdog_interval: float = 15.0,
         http_trace: aiohttp.TraceConfig | None = None,
+        fetch_policy: FetchPolicy = DEFAULT_POLICY,
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channels and roles; no privileged intents needed
@@ -92,6 +94,8 @@ class ImagineBot(commands.Bot):
         self.tiers = tiers or load_tiers(settings.tiers_file)
         self.now = now
         self.watchdog_interval = watchdog_interval
+        # what image links (IMAGE_URLS) and attachments may fetch; tests allow a local server
+        self.fetch_policy = fetch_policy
         self._watchdog: asyncio.Task[None] | None = None
         self.scheduler = Scheduler(
             aging_seconds_per_level=settings.aging_seconds,

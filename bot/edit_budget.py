@@ -33,7 +33,7 @@ edit that already booked one, and after ``patience`` seconds they book like any 
 out under sustained load.
 
 ``reserve_*`` are pure bookkeeping on an injectable clock (what unit tests drive); ``acquire`` sleeps
-until the booked slot. A booked slot that is not used (the job finished meanwhile) is simply lost, which
+until the booked slot (with an injectable ``sleep``, so tests can drive the waits on the same fake clock). A booked slot that is not used (the job finished meanwhile) is simply lost, which
 only makes the budget more conservative.
 """
 
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 
 DEFAULT_RATE = 20.0
 """Progress edits per second for the whole bot (Discord: 50 requests/s global, webhook edits exempt)."""
@@ -75,6 +75,7 @@ class EditBudget:
         burst: int = DEFAULT_BURST,
         channel_rate: float = DEFAULT_CHANNEL_RATE,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if rate <= 0 or channel_rate <= 0 or min_interval < 0 or burst < 1:
             raise ValueError("rates must be positive, min_interval ≥ 0 and burst ≥ 1")
@@ -83,6 +84,7 @@ class EditBudget:
         self.burst = burst
         self.channel_rate = channel_rate
         self.clock = clock
+        self._sleep = sleep
         self._global = _Gcra(1.0 / rate)
         self._channels: dict[Hashable, _Gcra] = {}
         self._running: set[Hashable] = set()
@@ -145,8 +147,8 @@ class EditBudget:
         slots of other jobs.
         """
         if channel is not None:
-            await _sleep(self.reserve_channel(channel))
-        await _sleep(self.reserve_global(first=first))
+            await self._wait(self.reserve_channel(channel))
+        await self._wait(self.reserve_global(first=first))
 
     async def acquire_spare(
         self, *, channel: Hashable | None = None, patience: float = DEFAULT_PATIENCE
@@ -158,10 +160,9 @@ class EditBudget:
             wait = min(self.backlog(channel), deadline - self.clock())
             if wait <= 0:
                 break
-            await asyncio.sleep(wait)  # a booked slot has no event to wait on: its time is known
+            await self._sleep(wait)  # a booked slot has no event to wait on: its time is known
         await self.acquire(channel=channel)
 
-
-async def _sleep(seconds: float) -> None:
-    if seconds > 0:
-        await asyncio.sleep(seconds)
+    async def _wait(self, seconds: float) -> None:
+        if seconds > 0:
+            await self._sleep(seconds)

@@ -119,11 +119,11 @@ class QuotaService:
             raise AdmissionRefused(
                 f"--steps {job.steps} is more than your {tier.name} tier allows ({tier.max_steps})."
             )
-        waiting = await self.users.count_jobs(user.id, WAITING_STATES)
-        running = await self.users.count_jobs(user.id, RUNNING_STATES)
-        if waiting + running >= tier.max_queued:
+        # one query: a job moving from waiting to running between two counts would be counted twice
+        unfinished = await self.users.count_jobs(user.id, WAITING_STATES + RUNNING_STATES)
+        if unfinished >= tier.max_queued:
             raise AdmissionRefused(
-                f"Your queue is full: {waiting + running} of {tier.max_queued} jobs are waiting or running "
+                f"Your queue is full: {unfinished} of {tier.max_queued} jobs are waiting or running "
                 f"({tier.name} tier). Wait for one to finish or /cancel one."
             )
         today = self.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -24,7 +24,7 @@ from bot.intake import IntakeRefused
 from bot.jobs import Acknowledge, Origin
 from bot.prompt import ParsedPrompt
 from cogs.submitting import answer_privately, submit_job
-from engine.safe_fetch import FetchPolicy, ImageFetchError, fetch_image, load_attachment_image
+from engine.safe_fetch import ImageFetchError, fetch_image, load_attachment_image
 from storage.models import Job
 
 log = logging.getLogger(__name__)
@@ -126,12 +126,13 @@ class ImagineCog(commands.Cog):
 
     async def _load_image(self, parsed: ParsedPrompt, image: discord.Attachment | None) -> Image.Image:
         """The job's one image prompt (``Intake`` refuses more than ``MAX_IMAGE_PROMPTS``)."""
+        policy = self.bot.fetch_policy
         if image is not None:
-            if image.size > FetchPolicy().max_bytes:
+            if image.size > policy.max_bytes:
                 raise ImageFetchError("the attachment is too large")
             data = await image.read()
             return await asyncio.to_thread(load_attachment_image, data)
-        return await fetch_image(parsed.image_urls[0])
+        return await fetch_image(parsed.image_urls[0], policy=policy)
 
 
 class ConfirmJobs(discord.ui.View):

@@ -21,4 +21,4 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-model"))
 
 
-pytest_plugins = ["tests.emulator_fixtures", "tests.postgres", "tests.s3"]
+pytest_plugins = ["tests.emulator_fixtures", "tests.postgres", "tests.s3", "pytester"]

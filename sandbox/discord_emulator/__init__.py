@@ -2,6 +2,12 @@
 
 Start it, point discord.py at it (``point_discord_py_at``), run a bot, then drive users (``invoke_slash``,
 ``click``, ``submit_modal``) and inspect what the bot did (``messages``, ``violations``, ``requests``).
+
+``assert_clean()`` is the verdict (``verdict.py`` lists its checks): protocol violations (an early retry after an
+injected 429 included), unhandled routes, natural 429s, unanswered interactions and deferred responses left
+"thinking…". A test that provokes one on purpose names it with its reason:
+``assert_clean(allow={"unanswered": "why"})``, or in pytest ``@pytest.mark.emulator_allows(unanswered="why")``;
+the ``emulator`` fixture (``tests/emulator_fixtures.py``) runs the verdict after every test that uses it.
 """
 
 from .clock import EmulatorClock, snowflake_time

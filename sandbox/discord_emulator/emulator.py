@@ -8,7 +8,7 @@ import inspect
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -17,9 +17,11 @@ from .clock import EmulatorClock, SnowflakeFactory
 from .errors import APIError
 from .gateway import Gateway
 from .payloads import Payloads
-from .ratelimit import INVALID_REQUEST_LIMIT, Fault, RateLimiter
+from .ratelimit import INVALID_REQUEST_LIMIT, Fault, RateLimiter, RetryWatch
 from .records import Attachment, Interaction, Message, RateLimitHit, RequestRecord, User
 from .rest import RestAPI
+from .validation import MAX_INPUT_VALUE, modal_inputs
+from .verdict import problems
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class DiscordEmulator:
         self.payloads = Payloads(self)
         self.gateway = Gateway(self)
         self.limiter = RateLimiter(self.clock)
+        self.retry_watch = RetryWatch(self.clock)
         self.application_id = self.snowflakes.next()
         self.bot_user_id = self.application_id  # Discord gives a bot user its application's id
         self.guild_id = self.snowflakes.next()
@@ -144,7 +147,11 @@ class DiscordEmulator:
         retry_after: float = 0.3,
         is_global: bool = False,
     ) -> Fault:
-        """Answer the next ``count`` matching requests with a proper 429 (not a violation)."""
+        """Answer the next ``count`` matching requests with a proper 429 (not a violation).
+
+        The bot must then wait ``retry_after`` before sending that request again (before any request with the
+        bot token for a global one); coming back sooner is recorded as a violation.
+        """
         fault = Fault(429, method, path_contains, count, retry_after=retry_after, is_global=is_global)
         self._faults.append(fault)
         return fault
@@ -257,13 +264,21 @@ class DiscordEmulator:
     def interactions(self) -> list[Interaction]:
         return list(self._interactions.values())
 
-    def assert_clean(self) -> None:
-        """Raise AssertionError listing protocol violations and unhandled routes, if any."""
-        problems = [f"violation: {v}" for v in self.violations] + [
-            f"unhandled route: {u}" for u in self.unhandled
-        ]
-        if problems:
-            raise AssertionError("Discord emulator recorded problems:\n  " + "\n  ".join(problems))
+    def problems(self, allow: Mapping[str, str] | None = None) -> list[str]:
+        """Everything the checks in ``verdict.py`` found, except the checks ``allow`` names (with a reason)."""
+        return problems(self, allow)
+
+    def assert_clean(self, allow: Mapping[str, str] | None = None) -> None:
+        """Raise AssertionError listing what the bot did wrong: protocol violations (early retries of an
+        injected 429 included), unhandled routes, natural 429s, unanswered interactions and deferred responses
+        left "thinking".
+
+        ``allow`` maps a check's name to the reason a test provokes it on purpose, e.g.
+        ``{"unanswered": "the bot is stopped before it can answer"}``; see ``verdict.py`` for the names.
+        """
+        found = self.problems(allow)
+        if found:
+            raise AssertionError("Discord emulator recorded problems:\n  " + "\n  ".join(found))
 
     # -- interactions --------------------------------------------------------------------------------------
     def _find_command(self, name: str) -> tuple[dict[str, Any], int | None]:
@@ -298,11 +313,15 @@ class DiscordEmulator:
         self, ix: Interaction, data: dict[str, Any], connect_timeout: float
     ) -> Interaction:
         if not self.gateway.connected:
-            await self.wait_for(
-                lambda: self.gateway.connected,
-                connect_timeout,
-                what="a bot connected to the gateway (needed to deliver the interaction)",
-            )
+            try:
+                await self.wait_for(
+                    lambda: self.gateway.connected,
+                    connect_timeout,
+                    what="a bot connected to the gateway (needed to deliver the interaction)",
+                )
+            except TimeoutError:  # never delivered: no user saw it, nobody had to answer it
+                del self._interactions[ix.id], self._by_token[ix.token]
+                raise
         ix.created_at = self.clock.now()
         ix.payload = self.payloads.interaction(ix, data)
         await self.gateway.dispatch("INTERACTION_CREATE", ix.payload)
@@ -452,6 +471,13 @@ class DiscordEmulator:
             raise ValueError(
                 f"the modal of interaction {modal_interaction.id} is closed: the bot answered a submit of it"
             )
+        for _, field, label in modal_inputs(modal):
+            limit = min(int(field.get("max_length") or MAX_INPUT_VALUE), MAX_INPUT_VALUE)
+            typed = values.get(field.get("custom_id", ""), "")
+            if len(typed) > limit:
+                raise ValueError(
+                    f"input {label!r} takes at most {limit} characters; a user cannot type {len(typed)}"
+                )
         components: list[dict[str, Any]] = []
         for item in modal.get("components", []):
             if item.get("type") == 1:
@@ -559,6 +585,11 @@ class DiscordEmulator:
         route = f"{method} {path}"
         api_path = path[len(API_PREFIX) :] if path.startswith(API_PREFIX + "/") else None
         extra: dict[str, str] = {}
+        authorized = request.headers.get("Authorization") == f"Bot {self.bot_token}"
+        if api_path is not None and (
+            early := self.retry_watch.early(method, path, api_path, authorized_bot=authorized)
+        ):
+            self._violation(route, early)
         try:
             if api_path is None:
                 response = await handler(request)
@@ -567,13 +598,13 @@ class DiscordEmulator:
                     hdrs = self.limiter.headers_for(method, api_path)
                     hdrs["X-RateLimit-Scope"] = "user"
                     response = self._rate_limited(fault.retry_after, fault.is_global, hdrs)
+                    self.retry_watch.rate_limited(method, path, fault.retry_after, is_global=fault.is_global)
                 else:
                     response = self._json(
                         {"code": 0, "message": f"{fault.status}: injected by the emulator"}, fault.status
                     )
             else:
                 needs_bot_auth = not api_path.startswith(("/interactions/", "/webhooks/"))
-                authorized = request.headers.get("Authorization") == f"Bot {self.bot_token}"
                 if needs_bot_auth and not authorized:
                     raise APIError(
                         401,

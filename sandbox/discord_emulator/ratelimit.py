@@ -169,3 +169,42 @@ class Fault:
         return (
             self.count > 0 and (self.method is None or self.method == method) and self.path_contains in path
         )
+
+
+class RetryWatch:
+    """The waits injected 429s asked for: a request that comes back sooner is an early retry.
+
+    A 429 on a route forbids that same request (method and path) until ``retry_after`` has passed; a global one
+    forbids every request made with the bot token that is not exempt from the global limit. ``TOLERANCE``
+    absorbs the difference between the loop's monotonic clock a client sleeps on and the emulator's clock.
+    """
+
+    TOLERANCE = 0.005
+
+    def __init__(self, clock: EmulatorClock) -> None:
+        self._clock = clock
+        self._routes: dict[str, float] = {}
+        self._global_until = 0.0
+
+    def rate_limited(self, method: str, path: str, retry_after: float, *, is_global: bool) -> None:
+        """An injected 429 was sent for ``method path`` (a full request path)."""
+        until = self._clock.now() + retry_after
+        if is_global:
+            self._global_until = max(self._global_until, until)
+        else:
+            key = f"{method} {path}"
+            self._routes[key] = max(self._routes.get(key, 0.0), until)
+
+    def early(self, method: str, path: str, api_path: str, *, authorized_bot: bool) -> str | None:
+        """Why this request is an early retry, or None when it is not one."""
+        now = self._clock.now()
+        until = self._routes.get(f"{method} {path}", 0.0)
+        if now < until - self.TOLERANCE:
+            return f"retried {until - now:.3f}s before the retry_after of the 429 it got"
+        if (
+            authorized_bot
+            and not _GLOBAL_EXEMPT.match(api_path)
+            and now < self._global_until - self.TOLERANCE
+        ):
+            return f"sent {self._global_until - now:.3f}s before the retry_after of a global 429"
+        return None

@@ -14,7 +14,7 @@ from .bodies import read_body
 from .errors import APIError, invalid_webhook_token, unknown_interaction, unknown_message
 from .messages import apply_payload
 from .records import EPHEMERAL, LOADING, Interaction, Message
-from .validation import validate_commands
+from .validation import validate_commands, validate_modal
 
 if TYPE_CHECKING:
     from .emulator import DiscordEmulator
@@ -211,7 +211,7 @@ class RestAPI:
         elif ctype == 9:
             if ix.type == 5:
                 raise APIError(400, 50035, "Invalid Form Body", rule="a modal cannot answer a modal submit")
-            self._validate_modal(data)
+            validate_modal(data)
             ix.modal = data
         else:
             raise APIError(
@@ -238,16 +238,6 @@ class RestAPI:
                 "resource": resource,
             }
         )
-
-    @staticmethod
-    def _validate_modal(data: dict[str, Any]) -> None:
-        cid = data.get("custom_id")
-        if not isinstance(cid, str) or not 1 <= len(cid) <= 100:
-            raise APIError(400, 50035, "Invalid Form Body", rule="modal custom_id must be 1-100 chars")
-        if not 1 <= len(data.get("title") or "") <= 45:
-            raise APIError(400, 50035, "Invalid Form Body", rule="modal title must be 1-45 chars")
-        if not 1 <= len(data.get("components") or []) <= 5:
-            raise APIError(400, 50035, "Invalid Form Body", rule="a modal needs 1-5 components")
 
     # -- interaction webhooks ------------------------------------------------------------------------------
     def _webhook_interaction(self, request: web.Request) -> Interaction:

@@ -15,6 +15,15 @@ MAX_ACTION_ROWS = 5
 MAX_ROW_ITEMS = 5
 MAX_CUSTOM_ID = 100
 MAX_LABEL = 80
+MAX_SELECT_OPTIONS = 25
+MAX_SELECT_TEXT = 100  # option label, value and description
+MAX_PLACEHOLDER = 150
+MAX_MODAL_TITLE = 45
+MAX_MODAL_INPUTS = 5
+MAX_MODAL_LABEL = 45
+MAX_INPUT_VALUE = 4000
+MAX_INPUT_PLACEHOLDER = 100
+SELECT_TYPES = (3, 5, 6, 7, 8)  # string, user, role, mentionable, channel
 COMMAND_NAME = re.compile(r"^[-_\w]{1,32}$")
 MAX_COMMAND_OPTIONS = 25
 MAX_COMMANDS = 100
@@ -109,6 +118,17 @@ def validate_components(rows: list[dict[str, Any]]) -> None:
                 "This field is required",
                 rule="interactive component without custom_id",
             )
+        if item.get("type") == 1 and any(c.get("type") in SELECT_TYPES for c in children or []):
+            if len(children or []) > 1:
+                raise invalid_form_body(
+                    f"{path}.components",
+                    "COMPONENT_LAYOUT_WIDTH_EXCEEDED",
+                    "The specified component exceeds the maximum width",
+                    rule=f"action row {path} holds a select menu and {len(children or []) - 1} more components "
+                    "(a select fills its row)",
+                )
+        if item.get("type") in SELECT_TYPES:
+            _check_select(item, path)
         label = item.get("label")
         if isinstance(label, str) and len(label) > MAX_LABEL:
             raise invalid_form_body(
@@ -125,6 +145,135 @@ def validate_components(rows: list[dict[str, Any]]) -> None:
 
     for i, row in enumerate(rows):
         check(row, f"components.{i}")
+
+
+def _check_length(value: Any, low: int, high: int, path: str, what: str) -> None:
+    """``value`` (when present) must be a string of ``low``..``high`` characters."""
+    if value is None and low == 0:
+        return
+    if not isinstance(value, str) or not low <= len(value) <= high:
+        size = len(value) if isinstance(value, str) else "?"
+        raise invalid_form_body(
+            path,
+            "BASE_TYPE_BAD_LENGTH",
+            f"Must be between {low} and {high} in length.",
+            rule=f"{what} of {size} chars ({low}-{high})",
+        )
+
+
+def _check_range(value: Any, low: int, high: int, path: str, what: str) -> None:
+    if not isinstance(value, int) or not low <= value <= high:
+        raise invalid_form_body(
+            path,
+            "NUMBER_TYPE_MAX" if isinstance(value, int) and value > high else "NUMBER_TYPE_MIN",
+            f"{what} must be between {low} and {high}.",
+            rule=f"{what} is {value!r} ({low}-{high})",
+        )
+
+
+def _check_select(item: dict[str, Any], path: str) -> None:
+    """A select menu: options (string selects), their texts, placeholder and min/max values."""
+    _check_length(item.get("placeholder"), 0, MAX_PLACEHOLDER, f"{path}.placeholder", "select placeholder")
+    low, high = item.get("min_values", 1), item.get("max_values", 1)
+    _check_range(low, 0, MAX_SELECT_OPTIONS, f"{path}.min_values", "select min_values")
+    _check_range(high, 1, MAX_SELECT_OPTIONS, f"{path}.max_values", "select max_values")
+    if low > high:
+        raise invalid_form_body(
+            f"{path}.min_values",
+            "SELECT_COMPONENT_MIN_VALUES_GREATER_THAN_MAX",
+            "min_values must be less than or equal to max_values",
+            rule=f"select min_values {low} > max_values {high}",
+        )
+    if item.get("type") != 3:
+        return
+    options = item.get("options")
+    if not isinstance(options, list) or not 1 <= len(options) <= MAX_SELECT_OPTIONS:
+        raise invalid_form_body(
+            f"{path}.options",
+            "BASE_TYPE_BAD_LENGTH",
+            f"Must be between 1 and {MAX_SELECT_OPTIONS} in length.",
+            rule=f"string select with {len(options) if isinstance(options, list) else 'no'} options "
+            f"(1-{MAX_SELECT_OPTIONS})",
+        )
+    if high > len(options):
+        raise invalid_form_body(
+            f"{path}.max_values",
+            "BASE_TYPE_MAX",
+            f"Must be less than or equal to {len(options)}.",
+            rule=f"select max_values {high} > its {len(options)} options",
+        )
+    values: set[str] = set()
+    for j, option in enumerate(options):
+        where = f"{path}.options.{j}"
+        _check_length(option.get("label"), 1, MAX_SELECT_TEXT, f"{where}.label", "select option label")
+        _check_length(option.get("value"), 1, MAX_SELECT_TEXT, f"{where}.value", "select option value")
+        _check_length(
+            option.get("description"), 0, MAX_SELECT_TEXT, f"{where}.description", "select option description"
+        )
+        if option["value"] in values:
+            raise invalid_form_body(
+                f"{where}.value",
+                "SELECT_COMPONENT_OPTION_VALUE_DUPLICATED",
+                "Select component option values must be unique",
+                rule=f"duplicate select option value {option['value']!r}",
+            )
+        values.add(option["value"])
+
+
+def modal_inputs(data: dict[str, Any]) -> list[tuple[str, dict[str, Any], str | None]]:
+    """A modal's text inputs as (field path, input, label), for both layouts: action rows holding a text input
+    with its own ``label``, and Label components (type 18) wrapping one."""
+    found: list[tuple[str, dict[str, Any], str | None]] = []
+    for i, item in enumerate(data.get("components") or []):
+        if item.get("type") == 1:
+            for j, child in enumerate(item.get("components") or []):
+                found.append((f"components.{i}.components.{j}", child, child.get("label")))
+        elif item.get("type") == 18 and isinstance(item.get("component"), dict):
+            found.append((f"components.{i}.component", item["component"], item.get("label")))
+    return found
+
+
+def validate_modal(data: dict[str, Any]) -> None:
+    """A modal answer (callback type 9): custom_id, title, 1-5 inputs and each input's texts and lengths."""
+    _check_length(data.get("custom_id"), 1, MAX_CUSTOM_ID, "data.custom_id", "modal custom_id")
+    _check_length(data.get("title"), 1, MAX_MODAL_TITLE, "data.title", "modal title")
+    rows = data.get("components") or []
+    inputs = modal_inputs(data)
+    if not 1 <= len(rows) <= MAX_MODAL_INPUTS or len(inputs) > MAX_MODAL_INPUTS:
+        raise invalid_form_body(
+            "data.components",
+            "BASE_TYPE_BAD_LENGTH",
+            f"Must be between 1 and {MAX_MODAL_INPUTS} in length.",
+            rule=f"a modal with {len(rows)} components and {len(inputs)} inputs (1-{MAX_MODAL_INPUTS})",
+        )
+    for i, item in enumerate(rows):
+        if item.get("type") == 1 and len(item.get("components") or []) != 1:
+            raise invalid_form_body(
+                f"data.components.{i}.components",
+                "BASE_TYPE_BAD_LENGTH",
+                "Must be between 1 and 1 in length.",
+                rule=f"modal action row {i} holds {len(item.get('components') or [])} inputs (exactly 1)",
+            )
+    for path, field, label in inputs:
+        where = f"data.{path}"
+        if field.get("type") != 4:
+            continue  # selects in a Label: checked like message selects below
+        _check_length(field.get("custom_id"), 1, MAX_CUSTOM_ID, f"{where}.custom_id", "text input custom_id")
+        _check_length(label, 1, MAX_MODAL_LABEL, f"{where}.label", "text input label")
+        _check_length(field.get("value"), 0, MAX_INPUT_VALUE, f"{where}.value", "text input value")
+        _check_length(
+            field.get("placeholder"),
+            0,
+            MAX_INPUT_PLACEHOLDER,
+            f"{where}.placeholder",
+            "text input placeholder",
+        )
+        low, high = field.get("min_length", 0), field.get("max_length", MAX_INPUT_VALUE)
+        _check_range(low, 0, MAX_INPUT_VALUE, f"{where}.min_length", "text input min_length")
+        _check_range(high, 1, MAX_INPUT_VALUE, f"{where}.max_length", "text input max_length")
+    for path, field, _ in inputs:
+        if field.get("type") in SELECT_TYPES:
+            _check_select(field, f"data.{path}")
 
 
 def validate_commands(commands: list[dict[str, Any]]) -> None:

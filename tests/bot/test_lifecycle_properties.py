@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
-from bot.jobs import JobDefaults, JobService
+from bot.jobs import JobDefaults, JobService, Origin
 from bot.prompt import parse_prompt
 from bot.quotas import AdmissionRefused, QuotaService
 from bot.scheduler import Scheduler
@@ -110,15 +110,28 @@ async def _scenario(engine, ops, seed: int) -> None:
             for op in ops:
                 if op[0] == "submit":
                     _, user, mode, oom = op
-                    before = await jobs.quotas.users.count_jobs(user, [s for s in JobState if not s.terminal])
+                    # The scheduler keeps finishing jobs meanwhile, so a user's count only falls until
+                    # admission decides: a refusal needs the count before to be at the cap already, and an
+                    # admission needs the count it saw, which is at least the one taken in ``acknowledge``
+                    # (called under the same per-user lock, before the job is saved), to be under the cap.
+                    before = await _unfinished(jobs, user)
+                    at_admission: list[int] = []
+
+                    async def counted(
+                        jobs: JobService = jobs, user: int = user, seen: list[int] = at_admission
+                    ) -> Origin:
+                        seen.append(await _unfinished(jobs, user))
+                        return await acknowledge()
+
                     try:
                         job = await jobs.submit_imagine(
-                            user, acknowledge, parse_prompt("oom" if oom else "ok"), mode=mode
+                            user, counted, parse_prompt("oom" if oom else "ok"), mode=mode
                         )
                     except AdmissionRefused:
                         assert before >= 3, f"refused below the cap ({before} waiting or running)"
+                        assert at_admission == [], "refused after acknowledging"
                         continue
-                    assert before < 3, "admitted over the cap"
+                    assert at_admission and at_admission[0] < 3, f"admitted over the cap ({at_admission})"
                     created.append(job.id)
                 elif op[0] == "cancel" and created:
                     await jobs.cancel(created[op[1] % len(created)])
@@ -137,6 +150,10 @@ async def _scenario(engine, ops, seed: int) -> None:
             await jobs.scheduler.stop()
         await _check(database, jobs, created)
         await database.close()
+
+
+async def _unfinished(jobs: JobService, user: int) -> int:
+    return await jobs.quotas.users.count_jobs(user, [s for s in JobState if not s.terminal])
 
 
 async def _drain(jobs: JobService, created: list[str]) -> None:

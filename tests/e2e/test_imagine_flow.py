@@ -77,11 +77,15 @@ async def test_imagine_grid_buttons_and_restart(emu, tiny_model_dir, tmp_path, d
             *(f"ib:v:{job_id}:{i}" for i in range(4)),
         ]
 
-        # U2: the second tile alone, full resolution, no grid buttons
-        upscale = await click_and_wait(
-            emu, grid_message, f"ib:u:{job_id}:1", lambda m: bool(m.attachments) and "Image #2" in m.content
-        )
-        assert same_pixels(picture(upscale), tiles(grid)[1])
+        # U1-U3 (U4 after the restart below): each tile alone, full resolution, the very pixels of its tile
+        for index in range(3):
+            upscale = await click_and_wait(
+                emu,
+                grid_message,
+                f"ib:u:{job_id}:{index}",
+                lambda m, n=index + 1: bool(m.attachments) and f"Image #{n}" in m.content,
+            )
+            assert same_pixels(picture(upscale), tiles(grid)[index]), f"U{index + 1}"
 
         # V1: four variations of tile 1, a new grid with its own buttons
         variation = await click_and_wait(emu, grid_message, f"ib:v:{job_id}:0", is_final_grid)

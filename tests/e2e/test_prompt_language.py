@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import ipaddress
+from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
+from aiohttp import web
 from PIL import Image
 from sqlmodel import col, select
 
+from engine.safe_fetch import FetchPolicy
 from storage.models import AuditEntry, Job
 from storage.states import JobState
 from tests.e2e.harness import bot_settings, is_final_grid, running_bot, wait_for_message
@@ -47,8 +53,13 @@ async def test_parameters_reach_the_job_and_the_message(emu, tiny_model_dir, tmp
         assert "rain" in (job.params.engine_negative or "")
         request = await runner.bot.jobs._request_for(job)  # what the engine was asked for
         assert request.prompt_parts == (("castle", 2.0), ("fog", -0.5)) and request.negative_prompt == "rain"
-        assert request.chaos == 30 and "--chaos 30" in grid.content
-        assert "--steps 2" in grid.content or "--q" in grid.content  # the prompt as interpreted
+        assert request.chaos == 30
+        # the prompt as interpreted: --q .5 became --steps 2 (of MODEL_STEPS=4), --s is spelled out, and the
+        # parameters come in one canonical order
+        assert grid.content == (
+            "**castle::2 fog::-0.5 --no rain --steps 2 --chaos 30 --stylize 1000 --tile --seed 7** - "
+            f"<@{emu.default_user.id}> (fast)"
+        )
     emu.assert_clean()
 
 
@@ -163,6 +174,66 @@ async def test_an_attached_image_is_an_image_prompt(emu, tiny_model_dir, tmp_pat
         )
         assert not answer.custom_ids() and len(await jobs_of(runner.bot)) == 1
     emu.assert_clean()
+
+
+@contextlib.asynccontextmanager
+async def image_server(
+    image: bytes, hosts: tuple[str, ...]
+) -> AsyncIterator[tuple[dict[str, int], list[str]]]:
+    """Serves ``/good.png`` on each host (a port each); yields the ports by host and the requests seen."""
+    seen: list[str] = []
+
+    async def good(request: web.Request) -> web.Response:
+        seen.append(f"{request.host} {request.path}")
+        return web.Response(body=image, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/good.png", good)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    ports: dict[str, int] = {}
+    try:
+        for host in hosts:
+            site = web.TCPSite(runner, host, 0)
+            await site.start()
+            ports[host] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        yield ports, seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_image_links_when_turned_on(emu, tiny_model_dir, tmp_path):
+    """IMAGE_URLS=true: the bot's own call of the fetcher. A loopback link is refused with its reason before
+    anything is fetched; a link to a server the policy allows (127.0.0.2 here, standing in for a public
+    host) is downloaded and becomes the job's init image."""
+    served = png_bytes((48, 32), (30, 200, 60))
+    settings = bot_settings(emu, tiny_model_dir, tmp_path / "data", image_urls="true")
+    async with (
+        image_server(served, ("127.0.0.1", "127.0.0.2")) as (ports, seen),
+        running_bot(settings, emu) as runner,
+    ):
+        runner.bot.fetch_policy = FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.2/32"),))
+        loopback = f"http://127.0.0.1:{ports['127.0.0.1']}/good.png"
+        ix = await emu.invoke_slash("imagine", {"prompt": f"{loopback} a fox"})
+        assert await ix.wait_for_response(3) == DEFERRED
+        answer = await wait_for_message(
+            emu, lambda m: m.id == ix.response_message_id and "could not be used" in m.content
+        )
+        assert answer.content == (
+            "That image could not be used: The image link points to a private or internal network address; "
+            "only public addresses are allowed."
+        )
+        assert seen == [] and await jobs_of(runner.bot) == []
+
+        good = f"http://127.0.0.2:{ports['127.0.0.2']}/good.png"
+        grid = await imagine_and_wait(emu, f"{good} make it blue")
+        assert seen == [f"127.0.0.2:{ports['127.0.0.2']} /good.png"]
+        (job,) = await jobs_of(runner.bot)
+        assert job.operation == "img2img" and grid.attachments
+        init = await runner.bot.jobs.store.get_image(job.params["init_image_key"])
+        expected = Image.open(io.BytesIO(served)).convert("RGB")
+        assert init.size == expected.size
+        assert np.array_equal(np.asarray(init.convert("RGB")), np.asarray(expected))
 
 
 async def _jobs_done(bot, count: int) -> bool:

@@ -11,15 +11,13 @@ from typing import Any
 import aiohttp
 import discord
 import pytest
-import pytest_asyncio
 from discord import app_commands
 from discord.ext import commands
 from discord.http import Route
 from discord.webhook.async_ import async_context, interaction_response_params
 from PIL import Image
 
-from sandbox.discord_emulator import CommandNotSynced, DiscordEmulator, point_discord_py_at
-from tests.emulator_fixtures import emulator  # noqa: F401  (fixture)
+from sandbox.discord_emulator import CommandNotSynced, DiscordEmulator
 
 Handler = Callable[[discord.Interaction, str], Awaitable[None]]
 
@@ -108,12 +106,6 @@ async def running_bot(emu: DiscordEmulator, handler: Handler = happy_imagine) ->
             await asyncio.wait_for(task, 5)
 
 
-@pytest_asyncio.fixture
-async def emu(emulator: DiscordEmulator) -> AsyncIterator[DiscordEmulator]:  # noqa: F811
-    with point_discord_py_at(emulator):
-        yield emulator
-
-
 async def test_happy_path_slash_defer_edit_and_buttons(emu: DiscordEmulator) -> None:
     async with running_bot(emu) as bot:
         ix = await emu.invoke_slash("imagine", {"prompt": "a fox"})
@@ -154,6 +146,10 @@ async def test_unsynced_command_raises(emu: DiscordEmulator) -> None:
             await emu.invoke_slash("nope", {})
 
 
+@pytest.mark.emulator_allows(
+    violations="the bot acknowledges 4 s late on purpose",
+    unanswered="its late acknowledgement is refused, so the command stays unanswered",
+)
 async def test_late_acknowledgement_is_refused(emu: DiscordEmulator) -> None:
     async def slow(interaction: discord.Interaction, prompt: str) -> None:
         emu.advance_clock(4)
@@ -166,6 +162,10 @@ async def test_late_acknowledgement_is_refused(emu: DiscordEmulator) -> None:
     assert ix.responses == [] and len(emu.violations) == 1 and "limit 3s" in emu.violations[0]
 
 
+@pytest.mark.emulator_allows(
+    violations="the bot acknowledges twice on purpose",
+    thinking="the handler stops at the refused second acknowledgement",
+)
 async def test_double_acknowledgement_is_refused(emu: DiscordEmulator) -> None:
     async def twice(interaction: discord.Interaction, prompt: str) -> None:
         await interaction.response.defer()
@@ -184,6 +184,9 @@ async def test_double_acknowledgement_is_refused(emu: DiscordEmulator) -> None:
     assert ix.responses == [5] and "second acknowledgement" in emu.violations[0]
 
 
+@pytest.mark.emulator_allows(
+    violations="the bot edits with a token 16 minutes old on purpose",
+)
 async def test_expired_token_edit_is_refused(emu: DiscordEmulator) -> None:
     async def defer_only(interaction: discord.Interaction, prompt: str) -> None:
         await interaction.response.defer()
@@ -200,6 +203,10 @@ async def test_expired_token_edit_is_refused(emu: DiscordEmulator) -> None:
     assert len(emu.violations) == 1 and "15 min" in emu.violations[0]
 
 
+@pytest.mark.emulator_allows(
+    violations="the bot sends one message over each limit on purpose",
+    thinking="the over-long edit of the deferred response is refused",
+)
 async def test_message_limits_are_enforced(emu: DiscordEmulator) -> None:
     async def too_long(interaction: discord.Interaction, prompt: str) -> None:
         await interaction.response.defer()
@@ -261,6 +268,10 @@ async def test_forced_500_is_retried(emu: DiscordEmulator) -> None:
     emu.assert_clean()
 
 
+@pytest.mark.emulator_allows(
+    rate_limits="the test posts past the channel's limit on purpose",
+    violations="the test calls /users/@me without the bot token on purpose",
+)
 async def test_natural_rate_limit_answers_429_with_headers(emu: DiscordEmulator) -> None:
     url = f"{emu.api_base}/channels/{emu.channel_id}/messages"
     headers = {"Authorization": f"Bot {emu.bot_token}"}
@@ -284,12 +295,15 @@ async def test_natural_rate_limit_answers_429_with_headers(emu: DiscordEmulator)
         assert resp.status == 200
 
 
+@pytest.mark.emulator_allows(
+    unhandled="the bot calls a route the emulator does not know on purpose",
+)
 async def test_unhandled_route_is_recorded(emu: DiscordEmulator) -> None:
     async with running_bot(emu) as bot:
         with pytest.raises(discord.NotFound):
             await bot.http.request(Route("GET", "/guilds/{guild_id}/roles", guild_id=emu.guild_id))
     assert emu.unhandled == [f"GET /api/v10/guilds/{emu.guild_id}/roles"]
-    with pytest.raises(AssertionError, match="unhandled route"):
+    with pytest.raises(AssertionError, match="unhandled: GET /api/v10/guilds/"):
         emu.assert_clean()
 
 
@@ -317,6 +331,9 @@ async def test_second_bot_after_first_closes(emu: DiscordEmulator) -> None:
     emu.assert_clean()
 
 
+@pytest.mark.emulator_allows(
+    violations="the bot logs in with a wrong token on purpose",
+)
 async def test_bad_token_fails_login(emu: DiscordEmulator) -> None:
     bot = EmuBot(emu)
     with pytest.raises(discord.LoginFailure):

@@ -12,12 +12,31 @@ from sqlalchemy import text
 
 from storage.db import Database
 
-# A write that takes long enough to be canceled while SQLite runs it (about a second on one CPU core).
-# RETURNING matters: its statement stays unfinished until the rows are read, as the ORM's inserts do.
-SLOW_WRITE = text(
-    "INSERT INTO busy WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) "
+# A write that stays mid-statement until the test opens the gate: ``gate()`` is a Python function run by SQLite
+# in aiosqlite's thread, blocking there. RETURNING matters: its statement stays unfinished until the rows are
+# read, as the ORM's inserts do.
+GATED_WRITE = text(
+    "INSERT INTO busy WITH RECURSIVE n(i) AS (SELECT gate(1) UNION ALL SELECT i + 1 FROM n WHERE i < 1000) "
     "SELECT i FROM n RETURNING i"
 )
+
+
+class Gate:
+    """``gate(x)`` for SQLite: tells the loop it was reached, then blocks until ``open()``; returns ``x``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.reached = asyncio.Event()
+        self._loop = loop
+        self._open = threading.Event()
+
+    def __call__(self, value: int) -> int:
+        self._loop.call_soon_threadsafe(self.reached.set)
+        if not self._open.wait(30):
+            raise RuntimeError("the test never opened the gate")
+        return value
+
+    def open(self) -> None:
+        self._open.set()
 
 
 def write_lock_is_free(path: Path) -> bool:
@@ -41,18 +60,24 @@ async def test_close_releases_the_lock_of_work_canceled_mid_statement(tmp_path: 
     threads_before = set(threading.enumerate())
     database = await Database.open(f"sqlite+aiosqlite:///{path}")
 
-    async def slow_write() -> None:
+    gate = Gate(asyncio.get_running_loop())
+
+    async def gated_write() -> None:
         async with database.sessions() as session:
+            connection = await (await session.connection()).get_raw_connection()
+            await connection.driver_connection.create_function("gate", 1, gate)
             await session.execute(text("CREATE TABLE busy (i INTEGER)"))
-            await session.execute(SLOW_WRITE)
+            await session.execute(GATED_WRITE)
             await session.commit()
 
     gc.disable()  # an idle process: nothing else would trigger the collector
     try:
-        task = asyncio.create_task(slow_write())
-        await asyncio.sleep(0.3)  # the statement is running in aiosqlite's thread
-        assert not task.done(), "the slow write finished before it could be canceled"
+        task = asyncio.create_task(gated_write())
+        async with asyncio.timeout(30):
+            await gate.reached.wait()  # the write is in SQLite
+        assert not task.done()  # the statement is held in aiosqlite's thread, holding the write lock
         task.cancel()
+        gate.open()  # SQLite finishes the statement for a task that no longer waits for it
         await asyncio.gather(task, return_exceptions=True)
         del task  # a stopped worker's task is dropped: only the reference cycle keeps the cursor now
         # the pool closed the canceled connection; its driver thread ends once SQLite finished the write

@@ -112,8 +112,10 @@ def test_rejects_nonsense():
 
 
 async def test_sender_gate_and_dynamic_interval_space_many_senders():
-    """Twelve throttled senders through one budget of 20/s: first sends go out at once (burst), then
-    the total stays within budget and each sender's gaps follow the growing interval."""
+    """Twelve throttled senders through one budget of 20/s: first sends go out at once (burst), every send
+    passes the budget's gate, and each sender's gaps follow the growing interval. (How many sends fit in a
+    window is the budget's own arithmetic, checked on a fake clock above; real sends may bunch up behind a
+    busy machine, so only lower bounds are checked on the real clock here.)"""
     budget = EditBudget(20, min_interval=0.1, burst=12)
     sent: dict[int, list[float]] = {i: [] for i in range(12)}
     senders = []
@@ -124,7 +126,6 @@ async def test_sender_gate_and_dynamic_interval_space_many_senders():
             sent[i].append(time.monotonic())
 
         senders.append(ThrottledSender(send, budget.interval, gate=lambda first: budget.acquire(first=first)))
-    start = time.monotonic()
     for _ in range(40):
         for s in senders:
             s.offer(1)
@@ -132,9 +133,10 @@ async def test_sender_gate_and_dynamic_interval_space_many_senders():
     for s in senders:
         await s.close()
     assert budget.interval() == pytest.approx(0.6)  # 12 jobs / 20 per s
-    assert all(times[0] - start < 0.05 for times in sent.values())  # every first edit at once
-    everything = [t for times in sent.values() for t in times]
-    assert max_in_window(everything, 0.5) <= 12 + 10 + 1
+    firsts = [times[0] for times in sent.values()]
+    seconds = [times[1] for times in sent.values() if len(times) > 1]
+    assert seconds and max(firsts) < min(seconds)  # every first edit went out before anyone's second
+    assert budget.granted >= sum(len(times) for times in sent.values())  # every send passed the gate
     for times in sent.values():
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         assert all(gap >= 0.6 - 0.02 for gap in gaps)
@@ -153,23 +155,45 @@ def test_backlog_is_how_long_a_slot_booked_now_would_wait():
     assert budget.backlog("c") == 0 and budget.granted == 2
 
 
-async def test_a_spare_slot_waits_for_booked_edits_but_at_most_its_patience():
-    budget = EditBudget(20, min_interval=1)
+class FakeSleep:
+    """``sleep`` for an ``EditBudget`` on a ``FakeClock``: moves the clock instead of waiting. With
+    ``keep_booked``, other jobs keep that many seconds of edits booked ahead while the time passes."""
+
+    def __init__(self, clock: FakeClock, budget_ref: list[EditBudget], keep_booked: float = 0.0) -> None:
+        self.clock, self.budget_ref, self.keep_booked = clock, budget_ref, keep_booked
+
+    async def __call__(self, seconds: float) -> None:
+        self.clock.t += seconds
+        budget = self.budget_ref[0]
+        while budget.backlog() < self.keep_booked:
+            budget.reserve_global()
+        await asyncio.sleep(0)
+
+
+def budget_on_fake_time(keep_booked: float = 0.0) -> tuple[EditBudget, FakeClock]:
+    clock = FakeClock()
+    ref: list[EditBudget] = []
+    budget = EditBudget(20, min_interval=1, clock=clock, sleep=FakeSleep(clock, ref, keep_booked))
+    ref.append(budget)
+    return budget, clock
+
+
+async def test_a_spare_slot_waits_for_booked_edits():
+    budget, clock = budget_on_fake_time()
     for _ in range(6):
         budget.reserve_global()  # 0.3 s of edits booked ahead
-    start = time.monotonic()
+    start = clock.t
     await budget.acquire_spare()
-    assert 0.25 <= time.monotonic() - start < 0.5  # after them, not before
+    assert clock.t - start == pytest.approx(0.3)  # after them, not before
+    assert budget.backlog() == pytest.approx(0.05)  # and it booked the next slot itself
 
-    async def steady_progress_edits() -> None:  # keeps the budget busy forever
-        while True:
-            await budget.acquire()
 
-    busy = asyncio.create_task(steady_progress_edits())
-    try:
-        await asyncio.sleep(0.1)
-        start = time.monotonic()
-        await budget.acquire_spare(patience=0.3)  # then it takes the next slot like any edit
-        assert 0.25 <= time.monotonic() - start < 0.6
-    finally:
-        busy.cancel()
+async def test_a_spare_slot_waits_at_most_its_patience():
+    budget, clock = budget_on_fake_time(keep_booked=0.2)  # steady progress edits keep the budget busy
+    while budget.backlog() < 0.2:
+        budget.reserve_global()
+    start = clock.t
+    async with asyncio.timeout(10):  # without patience it would wait for ever
+        await budget.acquire_spare(patience=0.3)
+    # at the deadline it books the next slot like any edit: behind the 0.2-0.25 s the others booked
+    assert 0.3 + 0.2 <= clock.t - start <= 0.3 + 0.25 + 1e-9

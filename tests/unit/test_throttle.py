@@ -17,7 +17,9 @@ async def test_sends_latest_at_a_bounded_rate():
     await asyncio.sleep(0.15)
     await sender.close()
     gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:], strict=False)]
-    assert 3 <= len(sent) <= 7
+    # the rate bound is the gaps' lower bound (a count in a wall-clock window would depend on the
+    # machine's load); at least three sends show it kept sending while items came in
+    assert len(sent) >= 3
     assert all(gap >= 0.095 for gap in gaps)
     assert sent[0][1] == 0  # the first item goes out at once
     assert sent[-1][1] == 49  # and the newest one is never lost while open
