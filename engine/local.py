@@ -97,6 +97,9 @@ Report = Callable[[ProgressUpdate], None]
 MAX_SIDE = 4096
 """No output side may exceed this (upscales of upscales included)."""
 
+WORKER_DIED = "The image engine stopped unexpectedly while this job waited or ran; please try again."
+"""The error of every job the engine's worker thread held or that waited for it when it died."""
+
 _IMG2IMG_OPERATIONS = (Operation.IMG2IMG, Operation.VARY_SUBTLE, Operation.VARY_STRONG)
 
 
@@ -266,6 +269,7 @@ class LocalDiffusersEngine:
         self._cond = threading.Condition()
         self._pending: deque[_Job] = deque()
         self._worker: threading.Thread | None = None
+        self._in_batch: list[_Job] = []  # the batch the worker is running (failed if the worker dies)
         self._stopping = False
         self._started = False
         self.stats = EngineStats()
@@ -305,10 +309,8 @@ class LocalDiffusersEngine:
             await asyncio.to_thread(self._pipelines, None)
             self._started = True
         with self._cond:
-            if self._worker is None or not self._worker.is_alive():
-                self._stopping = False
-                self._worker = threading.Thread(target=self._work, name=f"engine-{self.name}", daemon=True)
-                self._worker.start()
+            self._stopping = False
+            self._ensure_worker()
 
     async def close(self) -> None:
         with self._cond:
@@ -331,7 +333,7 @@ class LocalDiffusersEngine:
         cancel: CancelToken | None = None,
     ) -> list[Image.Image]:
         """Make ``request.n`` RGB images of exactly ``final_size(request)``."""
-        if not self._started or self._worker is None:
+        if not self._started or self._stopping:
             raise EngineError("the local engine is not started")
         _validate(request)
         spec = self.registry.get(request.model)
@@ -352,6 +354,7 @@ class LocalDiffusersEngine:
         job = _Job(request, spec.alias, report, is_cancelled, loop, loop.create_future())
         job.key = batch_key(request, spec.alias)
         with self._cond:
+            self._ensure_worker()  # a dead worker is replaced before the job waits for it
             self._pending.append(job)
             self._cond.notify_all()
         try:
@@ -381,9 +384,39 @@ class LocalDiffusersEngine:
             batch = self._next_batch()
             if batch is None:
                 return
+            self._in_batch = batch
             with self._lock:
                 self._run_batch(batch)
             for job in batch:
+                job.deliver()
+            self._in_batch = []
+
+    # -- worker health ---------------------------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        """Start the worker thread if there is none or it died (call with ``_cond`` held)."""
+        if self._worker is not None and self._worker.is_alive():
+            return
+        if self._worker is not None:
+            log.error("engine worker thread %s is dead; starting a new one", self._worker.name)
+        self._worker = threading.Thread(target=self._serve, name=f"engine-{self.name}", daemon=True)
+        self._worker.start()
+
+    def _serve(self) -> None:
+        """The worker thread's body: ``_work``, and if that ever dies, fail every job it held or that waits
+        (their callers would wait forever) with a message; the next ``generate`` starts a new worker."""
+        try:
+            self._work()
+        except BaseException:
+            log.exception("engine worker thread died")
+            with self._cond:
+                orphans = [*self._in_batch, *self._pending]
+                self._pending.clear()
+                self._in_batch = []
+                if self._worker is threading.current_thread():
+                    self._worker = None
+            for job in orphans:
+                job.finish(EngineError(WORKER_DIED))
                 job.deliver()
 
     def _next_batch(self) -> list[_Job] | None:
