@@ -109,6 +109,7 @@ class ImagineBot(commands.Bot):
                 processing=self.settings.processing_timeout,
                 storing=self.settings.storing_timeout,
             ),
+            max_attempts=self.settings.max_attempts,
         )
         for extension in EXTENSIONS:
             await self.load_extension(extension)

@@ -13,6 +13,7 @@ import logging
 import random
 import statistics
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from engine.base import (
 from engine.geometry import output_size
 from engine.seeds import tile_seeds
 from engine.sizes import size_for_aspect
+from storage.audit import AuditRepository
 from storage.images import ImageNotFound, LocalImageStore
 from storage.jobs import JobRepository, StoredImage
 from storage.models import Job, JobKind
@@ -63,6 +65,9 @@ _PHASE = {
     JobState.GENERATED: "generating",
     JobState.STORING: "being stored",
 }
+
+CRASHED_REASON = "Something went wrong while running this job. Nothing was charged; try again."
+"""What the user sees when a job failed outside the engine (a database or storage error)."""
 
 FLAGGED_REASON = "🚫 The safety filter flagged this result, so it was not posted. Nothing was charged."
 """What the user sees when the engine's safety checker refused a job (the job ends FAILED: no charge)."""
@@ -84,6 +89,12 @@ CHILD_OPERATIONS: dict[str, frozenset[Operation]] = {
 _NOT_INHERITED = frozenset({"note", "init_image_key", "strength", "n", "reply_to", "remixed"})
 """Parent params that describe the parent only (its queue note, its image prompt, its img2img knobs)."""
 _NOT_INHERITED_BY_REROLL = frozenset({"note", "n", "reply_to", "remixed"})
+
+MAX_ATTEMPTS = 3
+"""Runs a job gets before it is given up: a job that took the process down this often (a CUDA fault, the
+kernel's out-of-memory killer) ends FAILED at the next start instead of taking the bot down again."""
+SYSTEM_ACTOR = 0
+"""The ``actor_id`` of audit lines the bot writes on its own (not an admin's action)."""
 
 ADMISSION_TIMEOUT = 1.5
 """Seconds admission may take before the interaction must be answered (Discord allows 3)."""
@@ -154,8 +165,10 @@ class JobService:
         *,
         timeouts: Timeouts | None = None,
         rng: random.Random | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self.timeouts = timeouts or Timeouts()
+        self.max_attempts = max(1, max_attempts)
         self.repo = repo
         self.quotas = quotas
         self.store = store
@@ -165,6 +178,7 @@ class JobService:
         self.presenter: JobPresenter | None = None
         self._rng = rng or random.SystemRandom()
         self._cancel_tokens: dict[str, CancelToken] = {}
+        self._end_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._recent_engine_seconds: deque[float] = deque(maxlen=20)
 
     # -- creating jobs -------------------------------------------------------------------------
@@ -362,18 +376,43 @@ class JobService:
     # -- running jobs --------------------------------------------------------------------------
 
     async def run(self, job_id: str) -> None:
-        """The scheduler's handler: one job from QUEUED to a terminal state."""
+        """The scheduler's handler: one job from QUEUED to a terminal state.
+
+        Any unexpected error on the way (a database error on a transition, a failure storing or posting
+        the images) ends the job FAILED at once, so it never sits QUEUED outside the queue or STORING,
+        holding its reservation and a queue slot until a time limit passes.
+        """
+        try:
+            await self._run(job_id)
+        except Exception:
+            log.exception("job %s: crashed outside the engine", job_id)
+            await self._fail_after_crash(job_id)
+        finally:
+            self._cancel_tokens.pop(job_id, None)
+
+    async def _fail_after_crash(self, job_id: str) -> None:
+        try:
+            job = await self.repo.get(job_id)
+            if not JobState(job.state).terminal:
+                await self._finish_unsuccessfully(job, JobState.FAILED, CRASHED_REASON)
+        except Exception:
+            log.exception("job %s: could not be marked failed either", job_id)
+
+    async def _run(self, job_id: str) -> None:
         job = await self.repo.get(job_id)
         if job.state != JobState.QUEUED:
             return  # canceled (or finished by another path) while it waited
+        # the token exists before the job is PROCESSING, so a /cancel landing as it starts is never lost
+        token = self._cancel_tokens.setdefault(job_id, CancelToken())
         try:
             job = await self.repo.transition(job_id, JobState.PROCESSING, engine=self.engine.name)
         except InvalidTransition:
             return  # canceled or timed out a moment ago
-        token = self._cancel_tokens.setdefault(job_id, CancelToken())
         started = time.perf_counter()
         try:
             images = await self._generate(job, token)
+            if token.cancelled:  # jobs without engine work (U) never look at the token themselves
+                raise EngineCancelled("canceled")
         except EngineCancelled:
             await self._finish_unsuccessfully(job, JobState.CANCELED, "Canceled.")
             return
@@ -415,7 +454,8 @@ class JobService:
         request = await self._request_for(job)
 
         def on_progress(update: ProgressUpdate) -> None:
-            if self.presenter is not None:
+            # a canceled or timed-out job has ended (or is ending): a late update must not show "(NN%)"
+            if self.presenter is not None and not token.cancelled:
                 self.presenter.progress(job, update)
 
         return await self.engine.generate(request, on_progress, token)
@@ -482,19 +522,32 @@ class JobService:
         await self._publish(job, stored)
 
     async def _publish(self, job: Job, stored: list[StoredImage]) -> None:
-        try:
-            if self.presenter is not None:
-                await self.presenter.succeeded(job, stored)
-        except Exception:
-            log.exception("job %s: could not post the result", job.id)
-            await self._end(job, JobState.FAILED, "Could not post the result.")
-            return
-        try:
+        """Post the result and end SUCCEEDED, under the job's end lock: a job that ended meanwhile (timed
+        out while storing) posts nothing, and the time limit never ends a job whose result is being posted,
+        so a job ends one way and its message matches the row."""
+        async with self._end_lock(job.id):
+            current = await self.repo.get(job.id)
+            if current.state != JobState.STORING:
+                log.info(
+                    "job %s: ended (%s) before its result was posted; nothing posted", job.id, current.state
+                )
+                return
+            try:
+                if self.presenter is not None:
+                    await self.presenter.succeeded(job, stored)
+            except Exception:
+                log.exception("job %s: could not post the result", job.id)
+                await self._end(job, JobState.FAILED, "Could not post the result.")
+                return
             await self._end(job, JobState.SUCCEEDED)
-        except InvalidTransition:
-            log.warning("job %s: result posted, but the job had already ended", job.id)
-            return
         log.info("job %s: succeeded", job.id)
+
+    def _end_lock(self, job_id: str) -> asyncio.Lock:
+        """Held while a job's result is posted and while the time limit ends it (kept while anyone holds it)."""
+        lock = self._end_locks.get(job_id)
+        if lock is None:
+            lock = self._end_locks[job_id] = asyncio.Lock()
+        return lock
 
     async def _end(self, job: Job, state: JobState, reason: str | None = None) -> Job:
         """The terminal transition, with the quota settlement in the same transaction."""
@@ -537,21 +590,30 @@ class JobService:
     # -- per-state time limits ------------------------------------------------------------------------
 
     async def enforce_timeouts(self, now: datetime) -> list[str]:
-        """End every job that stayed too long in its state as TIMED_OUT; returns their ids."""
+        """End every job that stayed too long in its state as TIMED_OUT; returns their ids.
+
+        The engine's token is canceled *before* the failure is shown, so no late progress update can
+        follow "Timed out". A job whose result is being posted right now is left to finish posting.
+        """
         ended = []
         for job in await self.repo.unfinished():
-            state = JobState(job.state)
-            limit = self.timeouts.limit_for(state)
-            since = job.state_since if job.state_since.tzinfo else job.state_since.replace(tzinfo=UTC)
-            if limit is None or (now - since).total_seconds() <= limit:
-                continue
-            self.scheduler.discard(job.id)
-            reason = f"Timed out: it spent more than {format_duration(limit)} {_PHASE[state]}."
-            await self._finish_unsuccessfully(job, JobState.TIMED_OUT, reason)
-            token = self._cancel_tokens.get(job.id)
-            if token is not None:
-                token.cancel()  # the engine stops at its next step; the job is already ended
-            ended.append(job.id)
+            lock = self._end_lock(job.id)
+            if lock.locked():
+                continue  # its result is being posted: it ends SUCCEEDED or FAILED by that path
+            async with lock:
+                job = await self.repo.get(job.id)  # the row as it is now, not as the round started
+                state = JobState(job.state)
+                limit = self.timeouts.limit_for(state)
+                since = job.state_since if job.state_since.tzinfo else job.state_since.replace(tzinfo=UTC)
+                if limit is None or (now - since).total_seconds() <= limit:
+                    continue
+                self.scheduler.discard(job.id)
+                token = self._cancel_tokens.get(job.id)
+                if token is not None:
+                    token.cancel()  # first: the engine stops at its next step and its progress is dropped
+                reason = f"Timed out: it spent more than {format_duration(limit)} {_PHASE[state]}."
+                await self._finish_unsuccessfully(job, JobState.TIMED_OUT, reason)
+                ended.append(job.id)
         return ended
 
     # -- recovery after a restart --------------------------------------------------------------
@@ -583,8 +645,24 @@ class JobService:
         if state == JobState.QUEUED:
             self._schedule(job)
             return
+        if job.attempts + 1 >= self.max_attempts:
+            await self._give_up(job)
+            return
         job = await self.repo.transition(job.id, JobState.QUEUED, retry=True, note="process restarted")
         self._schedule(job)
+
+    async def _give_up(self, job: Job) -> None:
+        """Past the attempt cap: FAILED (reservation released) with a clear message and an audit line."""
+        runs = job.attempts + 1
+        reason = (
+            f"This job was interrupted {runs} times while it ran (the bot stopped during it), "
+            "so it was not tried again. Nothing was charged."
+        )
+        log.warning("job %s: giving up after %d runs (MAX_ATTEMPTS=%d)", job.id, runs, self.max_attempts)
+        await self._finish_unsuccessfully(job, JobState.FAILED, reason)
+        await AuditRepository(self.repo.database).record(
+            SYSTEM_ACTOR, "job given up", job.id, owner=job.user_id, runs=runs, state=str(job.state)
+        )
 
     async def _present(self, event: str, job: Job, argument: object) -> None:
         if self.presenter is None:
