@@ -283,7 +283,8 @@ class JobService:
             job.params = {**job.params, "strength": VARIATION_STRENGTH}
         if kind == JobKind.UPSCALE and index is not None:
             job.seed = tile_seeds(parent.seed, index + 1)[index]
-        return await self._submit(job, acknowledge, mode=parent.mode)
+        # the clicker's own mode and tier (their /fast or /relax setting), not the parent's
+        return await self._submit(job, acknowledge)
 
     def _apply_remix(self, job: Job, parsed: ParsedPrompt) -> None:
         """Remix mode: the edited prompt replaces the parent's text and the knobs it sets."""
@@ -341,7 +342,10 @@ class JobService:
             job.estimate_seconds = admission.estimate_seconds
             if admission.note:
                 job.params = {**job.params, "note": admission.note}
-            job = await self.repo.create(job, ledger=self.quotas.reservation(job))
+            # one moment, from the repository's clock, for the job and its reservation: the reservation,
+            # release and charge then all fall in the quota period the job was accepted in
+            job.created_at = accepted = self.repo.now()
+            job = await self.repo.create(job, ledger=self.quotas.reservation(job), at=accepted)
         finally:
             lock.release()
         job = await self.repo.transition(job.id, JobState.SUBMITTED)

@@ -35,10 +35,15 @@ class JobRepository:
         self.database = database
         self.now = now
 
-    async def create(self, job: Job, ledger: Sequence[LedgerEntry] = ()) -> Job:
-        """Insert a new job in DRAFT, its first transition and its quota reservation, in one transaction."""
+    async def create(
+        self, job: Job, ledger: Sequence[LedgerEntry] = (), *, at: datetime | None = None
+    ) -> Job:
+        """Insert a new job in DRAFT, its first transition and its quota reservation, in one transaction.
+
+        ``at``: when it was accepted (default: now), the moment its reservation's quota period was taken from.
+        """
         job.state = JobState.DRAFT
-        job.created_at = job.updated_at = job.state_since = now = self.now()
+        job.created_at = job.updated_at = job.state_since = now = at or self.now()
         async with self.database.sessions() as session:
             session.add(job)
             session.add(JobTransition(job_id=job.id, from_state=None, to_state=JobState.DRAFT, at=now))
