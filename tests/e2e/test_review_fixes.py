@@ -1,0 +1,76 @@
+"""Defects found in review (issue 15) that live where the bot meets Discord, end to end through the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+
+from storage.states import JobState
+from tests.e2e.harness import bot_settings, is_final_grid, running_bot, wait_for_message
+
+
+async def test_the_watchdog_leaves_alone_a_job_whose_result_was_just_posted(emu, tiny_model_dir, tmp_path):
+    """Item 1: the long-wait watchdog read its list of unfinished jobs while the job ran; by the time it
+    gets to the job, the result is posted. It must re-read the job and leave the grid where it is."""
+    async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu) as runner:
+        bot = runner.bot
+        bot.scheduler.pause()
+        ix = await emu.invoke_slash("imagine", {"prompt": "a fox just in time"})
+        await ix.wait_for_response(3)
+        await wait_for_message(
+            emu, lambda m: m.id == ix.response_message_id and "Waiting to start" in m.content
+        )
+
+        async def no_time_limits(now):
+            return []
+
+        bot.jobs.enforce_timeouts = no_time_limits  # only the message mover is under test
+        succeeded = asyncio.Event()
+        transition = bot.jobs.repo.transition
+
+        async def watched_transition(job_id, target, **kwargs):
+            row = await transition(job_id, target, **kwargs)
+            if target == JobState.SUCCEEDED:
+                succeeded.set()
+            return row
+
+        bot.jobs.repo.transition = watched_transition
+        unfinished = bot.jobs.repo.unfinished
+        stale_rounds: list[int] = []
+
+        async def slow_round(user_id=None):
+            rows = await unfinished(user_id)
+            if rows and not stale_rounds:  # this round's list: read while the job still runs
+                stale_rounds.append(len(rows))
+                await succeeded.wait()  # ...and the round gets to it only once the result is posted,
+                emu.advance_clock(13.5 * 60)  # when the token has 90 seconds left
+            return rows
+
+        bot.jobs.repo.unfinished = slow_round
+        presenter = bot.jobs.presenter
+        move = presenter.move_aging_messages
+        rounds_after: list[int] = []
+
+        async def counted_move():
+            moved = await move()
+            if succeeded.is_set():
+                rounds_after.append(moved)
+            return moved
+
+        presenter.move_aging_messages = counted_move
+        bot.scheduler.resume()
+        await emu.wait_for(
+            lambda: len(rounds_after) >= 2, timeout=60, what="two watchdog rounds after the result"
+        )
+
+        assert stale_rounds == [1] and rounds_after[0] == 0
+        grid = emu.get_message(ix.response_message_id)
+        assert is_final_grid(grid) and grid.attachments and not grid.deleted
+        visible = [m for m in emu.messages() if not m.deleted and not m.ephemeral]
+        assert [m.id for m in visible] == [grid.id]
+        job = await bot.jobs.repo.get(_job_id(grid))
+        assert job.state == JobState.SUCCEEDED and job.message_id == grid.id
+    emu.assert_clean()
+
+
+def _job_id(message) -> str:
+    return message.custom_ids()[0].split(":")[2]
