@@ -24,6 +24,7 @@ from PIL import Image
 
 from bot.deadline import Deadline
 from bot.fair_queue import QueueEntry
+from bot.moderator import SYSTEM_ACTOR
 from bot.prompt import (
     ParsedPrompt,
     guidance_for_stylize,
@@ -93,8 +94,6 @@ _NOT_INHERITED_BY_REROLL = frozenset({"note", "n", "reply_to", "remixed"})
 MAX_ATTEMPTS = 3
 """Runs a job gets before it is given up: a job that took the process down this often (a CUDA fault, the
 kernel's out-of-memory killer) ends FAILED at the next start instead of taking the bot down again."""
-SYSTEM_ACTOR = 0
-"""The ``actor_id`` of audit lines the bot writes on its own (not an admin's action)."""
 
 ADMISSION_TIMEOUT = 1.5
 """Seconds admission may take before the interaction must be answered (Discord allows 3)."""

@@ -18,6 +18,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.image_links import image_link_refusal, texts_to_moderate
 from bot.jobs import Origin
 from bot.prompt import (
     ParsedPrompt,
@@ -66,16 +67,14 @@ class ImagineCog(commands.Cog):
         except PromptError as error:
             await interaction.response.send_message(str(error), ephemeral=True)
             return
-        texts = [text for parsed in prompts for text in (parsed.text, parsed.negative)]
-        refusal = await bot.moderator.check(user.id, *texts)  # type: ignore[attr-defined]
+        refusal = await bot.moderator.check(user.id, *texts_to_moderate(prompts))  # type: ignore[attr-defined]
+        refusal = refusal or image_link_refusal(
+            prompts,
+            links_allowed=bot.settings.image_urls,  # type: ignore[attr-defined]
+            attachment=image is not None,
+        )
         if refusal:
             await interaction.response.send_message(refusal, ephemeral=True)
-            return
-        if prompts[0].image_urls and not bot.settings.image_urls:  # type: ignore[attr-defined]
-            await interaction.response.send_message(
-                "Image links are turned off on this server: attach the image to /imagine instead.",
-                ephemeral=True,
-            )
             return
         jobs = [parsed for parsed in prompts for _ in range(parsed.repeat)]
         if len(jobs) > bot.settings.permutation_confirm_over:  # type: ignore[attr-defined]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from bot.image_links import LINKS_OFF
+from bot.moderation import moderation_message
 from storage.states import JobState
 from tests.e2e.harness import bot_settings, is_final_grid, running_bot, wait_for_message
+
+MESSAGE, DEFERRED = 4, 5
 
 
 async def test_the_watchdog_leaves_alone_a_job_whose_result_was_just_posted(emu, tiny_model_dir, tmp_path):
@@ -74,3 +78,23 @@ async def test_the_watchdog_leaves_alone_a_job_whose_result_was_just_posted(emu,
 
 def _job_id(message) -> str:
     return message.custom_ids()[0].split(":")[2]
+
+
+async def test_a_link_in_any_permutation_is_refused_and_never_echoed(emu, tiny_model_dir, tmp_path):
+    """Item 16: with IMAGE_URLS off, a link in the second permutation is refused like one in the first,
+    privately, and no public message ever shows it; links are moderated like the rest of the prompt."""
+    settings = bot_settings(emu, tiny_model_dir, tmp_path / "data", banned_words="gore")
+    async with running_bot(settings, emu) as runner:
+        ix = await emu.invoke_slash("imagine", {"prompt": "{cat, https://example.com/x.png dog}"})
+        assert await ix.wait_for_response(3) == MESSAGE
+        answer = emu.get_message(ix.response_message_id)
+        assert answer.ephemeral and answer.content == LINKS_OFF
+
+        ix = await emu.invoke_slash("imagine", {"prompt": "https://example.com/gore.png a cat"})
+        assert await ix.wait_for_response(3) == MESSAGE
+        answer = emu.get_message(ix.response_message_id)
+        assert answer.ephemeral and answer.content == moderation_message()
+
+        assert await runner.bot.jobs.repo.unfinished() == []
+        assert all("example.com" not in m.content for m in emu.messages() if not m.ephemeral)
+    emu.assert_clean()
