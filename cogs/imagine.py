@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_JOBS_PER_PROMPT = 40
 CONFIRM_TIMEOUT = 60.0
+ALREADY_ANSWERED = "That question was answered already; nothing more was started."
 
 
 def prompt_defaults(user: User) -> PromptDefaults:
@@ -78,7 +79,7 @@ class ImagineCog(commands.Cog):
             return
         jobs = [parsed for parsed in prompts for _ in range(parsed.repeat)]
         if len(jobs) > bot.settings.permutation_confirm_over:  # type: ignore[attr-defined]
-            view = ConfirmJobs(self, jobs, image)
+            view = ConfirmJobs(self, jobs, image, interaction)
             await interaction.response.send_message(
                 f"This prompt makes **{len(jobs)} jobs**. Start them all?", view=view, ephemeral=True
             )
@@ -166,21 +167,53 @@ class ImagineCog(commands.Cog):
 
 
 class ConfirmJobs(discord.ui.View):
-    """Yes/No for a prompt that expands into many jobs (short-lived: not persistent across restarts)."""
+    """Yes/No for a prompt that expands into many jobs (short-lived: not persistent across restarts).
 
-    def __init__(self, cog: ImagineCog, jobs: list[ParsedPrompt], image: discord.Attachment | None) -> None:
+    The first click decides: the jobs start once, and the question's buttons are disabled. A second
+    click that raced the first (a double click) is told so privately; it starts nothing.
+    """
+
+    def __init__(
+        self,
+        cog: ImagineCog,
+        jobs: list[ParsedPrompt],
+        image: discord.Attachment | None,
+        question: discord.Interaction,
+    ) -> None:
         super().__init__(timeout=CONFIRM_TIMEOUT)
-        self.cog, self.jobs, self.image = cog, jobs, image
+        self.cog, self.jobs, self.image, self.question = cog, jobs, image, question
+        self.answered = False
 
     @discord.ui.button(label="Yes, start them", style=discord.ButtonStyle.success)
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        self.stop()
+        if await self._already_answered(interaction):
+            return
         await self.cog.start_jobs(interaction, self.jobs, self.image)
+        await self._disable(f"Starting {len(self.jobs)} jobs.")
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
     async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        if await self._already_answered(interaction):
+            return
         self.stop()
         await interaction.response.edit_message(content="Canceled: nothing was queued.", view=None)
+
+    async def _already_answered(self, interaction: discord.Interaction) -> bool:
+        """True (and the clicker told) if another click decided already; else this click decides."""
+        if self.answered:
+            await interaction.response.send_message(ALREADY_ANSWERED, ephemeral=True)
+            return True
+        self.answered = True  # set before any await: a racing click sees it
+        return False
+
+    async def _disable(self, content: str) -> None:
+        for item in self.children:
+            if isinstance(item, discord.ui.Button):
+                item.disabled = True
+        try:
+            await self.question.edit_original_response(content=content, view=self)
+        except discord.HTTPException:
+            log.info("could not disable the buttons of a permutation question", exc_info=True)
 
 
 async def setup(bot: commands.Bot) -> None:

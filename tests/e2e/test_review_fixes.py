@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from bot.image_links import LINKS_OFF
 from bot.moderation import moderation_message
+from cogs.imagine import ALREADY_ANSWERED
 from storage.states import JobState
 from tests.e2e.harness import bot_settings, is_final_grid, running_bot, wait_for_message
 
@@ -98,3 +101,40 @@ async def test_a_link_in_any_permutation_is_refused_and_never_echoed(emu, tiny_m
         assert await runner.bot.jobs.repo.unfinished() == []
         assert all("example.com" not in m.content for m in emu.messages() if not m.ephemeral)
     emu.assert_clean()
+
+
+async def test_a_double_click_on_yes_starts_the_jobs_once_and_disables_the_buttons(
+    emu, tiny_model_dir, tmp_path
+):
+    """Item 8: the permutation confirmation runs once; a racing second click is told so; buttons disabled."""
+    member = emu.add_user("member")
+    async with running_bot(bot_settings(emu, tiny_model_dir, tmp_path / "data"), emu) as runner:
+        bot = runner.bot
+        bot.scheduler.pause()  # the jobs only need to be created
+        await bot.accounts.update(member.id, tier="pro")
+        big = await emu.invoke_slash(
+            "imagine", {"prompt": "a {red, green, blue} owl --repeat 2"}, user=member
+        )
+        assert await big.wait_for_response(3) == MESSAGE
+        question = emu.get_message(big.response_message_id)
+        yes = question.custom_ids()[0]
+        first = await emu.click(question.id, yes, user=member)
+        second = await emu.click(question.id, yes, user=member)  # before the first is answered
+        answers = sorted([await first.wait_for_response(3), await second.wait_for_response(3)])
+        assert answers == [MESSAGE, DEFERRED]  # one starts the jobs, the other is told privately
+        told = next(ix for ix in (first, second) if ix.responses[0] == MESSAGE)
+        assert emu.get_message(told.response_message_id).content == ALREADY_ANSWERED
+
+        await emu.wait_for(
+            lambda: all(c.get("disabled") for c in _buttons(emu.get_message(question.id))),
+            timeout=10,
+            what="disabled buttons",
+        )
+        with pytest.raises(ValueError, match="disabled"):
+            await emu.click(question.id, yes, user=member)
+        assert len(await bot.jobs.repo.unfinished(member.id)) == 6
+    emu.assert_clean()
+
+
+def _buttons(message) -> list[dict]:
+    return [c for row in message.components for c in row.get("components", [])]
