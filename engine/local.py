@@ -86,7 +86,7 @@ from engine.previews import (
     taesd_preview,
 )
 from engine.registry import LRUCache, ModelRegistry, ModelSpec
-from engine.safety import SafetyChecker, load_safety_checker, safety_checker_source
+from engine.safety import SafetyChecker, load_safety_checker, obscure_preview, safety_checker_source
 from engine.seeds import tile_seeds
 from engine.sizes import SIZE_MULTIPLE
 
@@ -572,6 +572,7 @@ class LocalDiffusersEngine:
         """
         capture, factors, cadence = loaded.capture, loaded.factors, self.cadence
         decoder = self._preview_decoder
+        obscure = self._safety_source is not None
         capture.reset()
         single = len(jobs) == 1
 
@@ -595,6 +596,8 @@ class LocalDiffusersEngine:
                     preview = (
                         taesd_preview(row, decoder) if decoder is not None else latent_preview(row, factors)
                     )
+                    if obscure:  # the safety checker sees only the final images
+                        preview = obscure_preview(preview)
                 job.report(ProgressUpdate(step=step, total=all_steps, preview=preview))
             if stop < 1.0 and index + 1 >= stop_step(pipe.num_timesteps, stop):
                 if capture.x0 is not None:
