@@ -197,6 +197,44 @@ class JobService:
         returns where the job's message is). Raises ``AdmissionRefused`` or ``TimeoutError`` before it is
         called: nothing is saved or charged, and the caller can still answer privately.
         """
+        job = self._imagine_job(user_id, parsed, init_image_key)
+        return await self._submit(job, acknowledge, user_name, parsed.mode or mode)
+
+    async def precheck_imagine(
+        self,
+        user_id: int,
+        parsed: ParsedPrompt,
+        user_name: str = "",
+        mode: str | None = None,
+        *,
+        image_prompt: bool = False,
+    ) -> None:
+        """Admission (bans, blocks, tier limits, queue caps, quota) for a grid job not made yet, without
+        saving, charging or acknowledging anything: the caller refuses *before* costly work for the job,
+        such as downloading and decoding its image prompt. ``submit_imagine`` admits again (things may
+        change meanwhile). Raises ``AdmissionRefused`` or ``TimeoutError``."""
+        job = self._imagine_job(user_id, parsed, "" if image_prompt else None, seed=0)
+        job.model = self.defaults.model
+        lock = self.quotas.lock(user_id)
+        deadline = Deadline(ADMISSION_TIMEOUT)
+        async with asyncio.timeout(deadline.left()):
+            await lock.acquire()
+        try:
+            await deadline.wait(self._admission(job, user_name, parsed.mode or mode))
+        finally:
+            lock.release()
+
+    async def discard_input_image(self, key: str) -> bool:
+        """Delete a stored image prompt that no job references (its job was refused after the image was
+        stored); True if it was deleted. An image a job uses is kept as long as that job's row."""
+        if await self.repo.references_image(key):
+            return False
+        await self.store.delete(key)
+        return True
+
+    def _imagine_job(
+        self, user_id: int, parsed: ParsedPrompt, init_image_key: str | None, seed: int | None = None
+    ) -> Job:
         width, height = size_for_aspect(self.defaults.resolution, *parsed.aspect)
         params: dict[str, object] = {
             "display": parsed.render(base_steps=self.defaults.steps),
@@ -215,7 +253,7 @@ class JobService:
             width=width,
             height=height,
             steps=parsed.steps or steps_for_quality(parsed.quality, self.defaults.steps),
-            seed=parsed.seed if parsed.seed is not None else self._new_seed(),
+            seed=parsed.seed if parsed.seed is not None else (seed if seed is not None else self._new_seed()),
         )
         if init_image_key is not None:  # an image prompt: img2img from it, --iw sets how much it counts
             job.operation = Operation.IMG2IMG
@@ -223,7 +261,7 @@ class JobService:
                 init_image_key=init_image_key, strength=strength_for_image_weight(parsed.image_weight)
             )
         job.params = params
-        return await self._submit(job, acknowledge, user_name, parsed.mode or mode)
+        return job
 
     async def submit_child(
         self,

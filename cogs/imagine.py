@@ -2,8 +2,11 @@
 
 Everything that can refuse a prompt without the network (syntax, moderation, admission) answers
 privately before the interaction is acknowledged. Image prompts (an attachment, or links when
-IMAGE_URLS is on) are downloaded after a public "thinking…" acknowledgement, because that can take
+IMAGE_URLS is on) are downloaded only once the job is admitted (bans, quota, queue caps, moderation: a
+refused user's image is never fetched), after a public "thinking…" acknowledgement, because that can take
 longer than Discord's 3 seconds; a bad image then edits that message, and nothing is queued or charged.
+Downloads and decodes are bounded per user and bot-wide (``bot.decode_gate``), and an image stored for a
+job that was refused after all is deleted again.
 
 Precedence of parameters: the prompt's own ``--parameters`` > the user's ``/prefer suffix`` (only fills
 parameters the prompt lacks) > the user's ``/settings`` > the server defaults.
@@ -18,6 +21,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.decode_gate import DecodeBusy, DecodeGate
 from bot.image_links import image_link_refusal, texts_to_moderate
 from bot.jobs import Origin
 from bot.prompt import (
@@ -28,7 +32,8 @@ from bot.prompt import (
     expand_permutations,
     parse_prompt,
 )
-from cogs.submitting import answer_privately, submit_job
+from bot.quotas import AdmissionRefused
+from cogs.submitting import BUSY, answer_privately, submit_job
 from engine.safe_fetch import FetchPolicy, ImageFetchError, fetch_image, load_attachment_image
 from storage.models import User
 
@@ -52,6 +57,7 @@ def prompt_defaults(user: User) -> PromptDefaults:
 class ImagineCog(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
+        self.decodes = DecodeGate()
 
     @app_commands.command(name="imagine", description="Create four images from a text prompt")
     @app_commands.describe(
@@ -135,6 +141,18 @@ class ImagineCog(commands.Cog):
     async def _start_with_image(
         self, interaction: discord.Interaction, parsed: ParsedPrompt, image: discord.Attachment | None
     ):  # type: ignore[no-untyped-def]
+        """Admit first (nothing is fetched for a refused job), then fetch and decode the image within the
+        decode bounds, then queue; an image stored for a job that was refused after all is deleted."""
+        try:
+            await self.bot.jobs.precheck_imagine(  # type: ignore[attr-defined]
+                interaction.user.id, parsed, user_name=interaction.user.name, image_prompt=True
+            )
+        except AdmissionRefused as refusal:
+            await answer_privately(interaction, str(refusal))
+            return None
+        except TimeoutError:
+            await answer_privately(interaction, BUSY)
+            return None
         response = await interaction.response.defer(thinking=True)
         origin = Origin(
             channel_id=interaction.channel_id or 0,
@@ -144,18 +162,25 @@ class ImagineCog(commands.Cog):
             message_id=response.message_id if response else None,
         )
         try:
-            picture = await self._load_image(parsed, image)
+            async with self.decodes.slot(interaction.user.id):
+                picture = await self._load_image(parsed, image)
         except ImageFetchError as error:
             await answer_privately(interaction, f"That image could not be used: {error}")
+            return None
+        except DecodeBusy as busy:
+            await answer_privately(interaction, str(busy))
             return None
         key = await self.bot.jobs.store.put_image(picture)  # type: ignore[attr-defined]
 
         async def already_acknowledged() -> Origin:
             return origin
 
-        return await submit_job(
+        job = await submit_job(
             interaction, lambda _: self._submit(interaction, parsed, already_acknowledged, key)
         )
+        if job is None:  # refused after all (the queue filled meanwhile...): keep no orphan image
+            await self.bot.jobs.discard_input_image(key)  # type: ignore[attr-defined]
+        return job
 
     async def _load_image(self, parsed: ParsedPrompt, image: discord.Attachment | None):  # type: ignore[no-untyped-def]
         if image is not None:

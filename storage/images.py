@@ -44,6 +44,10 @@ class LocalImageStore:
         data = await asyncio.to_thread(encode_png, image)
         return await self.put(data)
 
+    async def delete(self, key: str) -> None:
+        """Remove an image (no error if it is not there)."""
+        await asyncio.to_thread(self.path(key).unlink, missing_ok=True)
+
     async def get(self, key: str) -> bytes:
         path = self.path(key)
         try:

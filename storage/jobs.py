@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import String, cast, update
 from sqlmodel import col, select
 
 from storage.db import Database
@@ -153,6 +153,17 @@ class JobRepository:
                     )
                 )
             await session.commit()
+
+    async def references_image(self, key: str) -> bool:
+        """Whether any job uses the image ``key``: as a result image or as its image prompt (in ``params``)."""
+        if not key.isalnum():  # keys are hex digests; anything else is referenced by nothing
+            return False
+        async with self.database.sessions() as session:
+            result = (await session.exec(select(JobImage.id).where(JobImage.key == key).limit(1))).first()
+            if result is not None:
+                return True
+            statement = select(Job.id).where(cast(Job.params, String).contains(key)).limit(1)
+            return (await session.exec(statement)).first() is not None
 
     async def images(self, job_id: str) -> list[StoredImage]:
         async with self.database.sessions() as session:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from PIL import Image
 from sqlalchemy.exc import OperationalError
 
 from bot.jobs import CRASHED_REASON
 from bot.prompt import parse_prompt
+from bot.quotas import AdmissionRefused
 from engine.base import EngineCancelled, ProgressUpdate
 from engine.local import LocalDiffusersEngine
 from storage.audit import AuditRepository
@@ -219,3 +222,26 @@ async def test_a_late_progress_update_never_follows_timed_out(parts):
     assert done.state == JobState.TIMED_OUT
     assert presenter.token_canceled_when_failed == [True]
     assert [event for event, job_id, _ in presenter.events if job_id == job.id] == ["queued", "failed"]
+
+
+async def test_precheck_refuses_without_saving_anything(parts):
+    """Item 14: the image prompt's admission can be decided before the image is fetched."""
+    jobs, _ = service(parts)
+    await jobs.quotas.users.update(10, banned=True, ban_reason="spam")
+    with pytest.raises(AdmissionRefused, match="banned"):
+        await jobs.precheck_imagine(10, parse_prompt("make it blue"), image_prompt=True)
+    assert await jobs.repo.unfinished() == [] and await jobs.quotas.ledger.entries() == []
+    await jobs.quotas.users.update(10, banned=False)
+    await jobs.precheck_imagine(10, parse_prompt("make it blue"), image_prompt=True)  # admitted: no error
+    assert await jobs.repo.unfinished() == []
+
+
+async def test_an_input_image_no_job_references_is_deleted(parts):
+    """Item 14: an image stored for a job refused after all is deleted; one a job uses is kept."""
+    jobs, _ = service(parts)
+    orphan = await jobs.store.put_image(Image.new("RGB", (8, 8), (1, 2, 3)))
+    used = await jobs.store.put_image(Image.new("RGB", (8, 8), (4, 5, 6)))
+    await jobs.submit_imagine(10, acknowledge, parse_prompt("make it blue"), init_image_key=used)
+    assert await jobs.discard_input_image(orphan) is True
+    assert await jobs.discard_input_image(used) is False
+    assert not jobs.store.path(orphan).exists() and jobs.store.path(used).exists()

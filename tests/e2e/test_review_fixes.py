@@ -11,6 +11,7 @@ from bot.moderation import moderation_message
 from cogs.imagine import ALREADY_ANSWERED
 from storage.states import JobState
 from tests.e2e.harness import bot_settings, is_final_grid, running_bot, wait_for_message
+from tests.e2e.test_prompt_language import png_bytes
 
 MESSAGE, DEFERRED = 4, 5
 
@@ -138,3 +139,22 @@ async def test_a_double_click_on_yes_starts_the_jobs_once_and_disables_the_butto
 
 def _buttons(message) -> list[dict]:
     return [c for row in message.components for c in row.get("components", [])]
+
+
+async def test_a_refused_user_s_image_is_never_fetched_nor_stored(emu, tiny_model_dir, tmp_path):
+    """Item 14: admission comes before the download: a banned user's attachment is not fetched or kept."""
+    data_dir = tmp_path / "data"
+    async with running_bot(bot_settings(emu, tiny_model_dir, data_dir), emu) as runner:
+        await runner.bot.accounts.get(emu.default_user.id)
+        await runner.bot.accounts.update(emu.default_user.id, banned=True, ban_reason="spam")
+        ix = await emu.invoke_slash(
+            "imagine", {"prompt": "make it blue"}, attachments={"image": ("big.png", png_bytes())}
+        )
+        assert await ix.wait_for_response(3) == MESSAGE  # answered privately, not deferred
+        answer = emu.get_message(ix.response_message_id)
+        assert answer.ephemeral and "banned" in answer.content
+        assert [r.path for r in emu.requests if "/attachments/" in r.path] == []
+        images = data_dir / "images"
+        assert not images.exists() or [p for p in images.rglob("*") if p.is_file()] == []
+        assert await runner.bot.jobs.repo.unfinished() == []
+    emu.assert_clean()
