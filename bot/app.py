@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import discord
 from discord.ext import commands
 
 from bot.edit_budget import EditBudget
+from bot.intake import Intake, model_aliases
 from bot.jobs import JobDefaults, JobService, Timeouts
 from bot.moderator import Moderator
 from bot.quotas import QuotaService
+from bot.results import ResultService
 from bot.scheduler import Scheduler
 from bot.settings import Settings
 from bot.tiers import TierConfig, load_tiers
@@ -23,7 +25,10 @@ from storage.db import Database
 from storage.images import LocalImageStore
 from storage.jobs import JobRepository
 from storage.ledger import LedgerRepository
+from storage.models import Mode
 from storage.moderation import ModerationRepository
+from storage.results import ResultRepository
+from storage.stats import StatsRepository
 from storage.users import UserRepository
 
 log = logging.getLogger(__name__)
@@ -32,10 +37,9 @@ SHUTDOWN_GRACE = 10.0
 """Seconds a stopping bot waits for running jobs before leaving them to the next start."""
 
 EXTENSIONS = (
-    # before the presenter, which imports it: load_extension executes a module afresh, so loaded later
-    # it would be a second copy, and the buttons the presenter renders would dispatch to the first one
-    "cogs.buttons",
+    # any order: the cogs import none of each other (what they share is in cogs/rendering.py)
     "cogs.presenter",
+    "cogs.buttons",
     "cogs.imagine",
     "cogs.account",
     "cogs.preferences",
@@ -44,7 +48,20 @@ EXTENSIONS = (
 
 
 class ImagineBot(commands.Bot):
-    """Owns the services; cogs reach them as ``interaction.client.jobs`` etc."""
+    """Owns the services; cogs take the bot (``bot: ImagineBot``) and reach them as typed attributes.
+
+    The services that need the database are made in ``setup_hook``, before any cog is loaded.
+    """
+
+    database: Database
+    accounts: UserRepository
+    audit: AuditRepository
+    moderator: Moderator
+    quotas: QuotaService
+    jobs: JobService
+    results: ResultService
+    stats: StatsRepository
+    intake: Intake
 
     def __init__(
         self,
@@ -72,20 +89,23 @@ class ImagineBot(commands.Bot):
         self._watchdog: asyncio.Task[None] | None = None
         self.scheduler = Scheduler(
             aging_seconds_per_level=settings.aging_seconds,
-            max_wait={"relax": settings.relax_max_wait},
+            max_wait={Mode.RELAX: settings.relax_max_wait},
             clock=lambda: self.now().timestamp(),
         )
         self.edit_budget = EditBudget(
             settings.progress_edits_per_second, min_interval=settings.progress_edit_interval
         )
         """Every edit of an existing message that may wait: progress edits and used-button marks."""
-        self.database: Database | None = None
-        self.jobs: JobService
+        self.model_aliases = model_aliases(engine)
+        self.message_mover: Callable[[], Awaitable[int]] | None = None
+        """Set by the presenter: moves live jobs' messages off interaction tokens about to die."""
+        self._opened = False
         self._close_lock = asyncio.Lock()
         self._shut_down = False
 
     async def setup_hook(self) -> None:
         self.database = await Database.open(self.settings.resolved_database_url)
+        self._opened = True
         self.accounts = UserRepository(self.database)
         self.audit = AuditRepository(self.database)
         self.moderator = Moderator(
@@ -97,9 +117,11 @@ class ImagineBot(commands.Bot):
         )
         await self.moderator.load()
         self.quotas = QuotaService(self.accounts, LedgerRepository(self.database), self.tiers, now=self.now)
+        store = LocalImageStore(self.settings.images_dir)
+        job_repository = JobRepository(self.database, now=self.now)
         self.jobs = JobService(
-            JobRepository(self.database, now=self.now),
-            LocalImageStore(self.settings.images_dir),
+            job_repository,
+            store,
             self.engine,
             self.scheduler,
             JobDefaults(self.settings.model_resolution, self.settings.model_steps, self.settings.model),
@@ -111,6 +133,9 @@ class ImagineBot(commands.Bot):
             ),
             max_attempts=self.settings.max_attempts,
         )
+        self.results = ResultService(ResultRepository(self.database), job_repository, store, now=self.now)
+        self.stats = StatsRepository(self.database)
+        self.intake = Intake(self.settings, self.moderator, models=self.model_aliases)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self._sync_commands()
@@ -126,8 +151,8 @@ class ImagineBot(commands.Bot):
             await asyncio.sleep(self.watchdog_interval)
             try:
                 await self.jobs.enforce_timeouts(self.now())
-                if self.jobs.presenter is not None:
-                    await self.jobs.presenter.move_aging_messages()  # type: ignore[attr-defined]
+                if self.message_mover is not None:
+                    await self.message_mover()
             except Exception:
                 log.exception("watchdog round failed")
 
@@ -165,6 +190,6 @@ class ImagineBot(commands.Bot):
                 self._watchdog = None
             await self.scheduler.stop(grace=SHUTDOWN_GRACE)
             await super().close()
-            if self.database is not None:
+            if self._opened:
                 await self.database.close()
             self._shut_down = True

@@ -75,8 +75,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-MODES: tuple[str, ...] = ("fast", "relax")
-DEFAULT_MAX_WAIT: dict[str, float] = {"relax": 1800.0}
+from storage.models import Mode
+
+MODES: tuple[str, ...] = tuple(Mode)
+DEFAULT_MAX_WAIT: dict[str, float] = {Mode.RELAX: 1800.0}
 
 _QueueKey = tuple[str, str, int, str]  # (user_id, tier, priority, mode)
 # A head record: (sort fields..., token, queue key). Class heaps sort by (key, -priority, token);
@@ -264,7 +266,7 @@ class FairQueue:
         deadlines: list[_DeadlineRecord],
     ) -> None:
         key = head_time - head.priority * self.aging_seconds_per_level
-        heapq.heappush(fast if head.mode == "fast" else relax, (key, -head.priority, token, qkey))
+        heapq.heappush(fast if head.mode == Mode.FAST else relax, (key, -head.priority, token, qkey))
         cap = self._cap(head)
         if cap != math.inf:
             heapq.heappush(deadlines, (head_time + cap, key, -head.priority, token, qkey))

@@ -17,21 +17,16 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Protocol
+from datetime import datetime
+from typing import Protocol, TypeVar
 
 from PIL import Image
 
 from bot.deadline import Deadline
 from bot.fair_queue import QueueEntry
+from bot.job_params import params_for_prompt, remixed_params
 from bot.moderator import SYSTEM_ACTOR
-from bot.prompt import (
-    ParsedPrompt,
-    guidance_for_stylize,
-    steps_for_quality,
-    stop_fraction,
-    strength_for_image_weight,
-)
+from bot.prompt import ParsedPrompt, steps_for_quality, strength_for_image_weight
 from bot.quotas import Admission, QuotaService, format_duration
 from bot.scheduler import Scheduler
 from engine.base import (
@@ -53,10 +48,12 @@ from engine.sizes import size_for_aspect
 from storage.audit import AuditRepository
 from storage.images import ImageNotFound, LocalImageStore
 from storage.jobs import JobRepository, StoredImage
-from storage.models import Job, JobKind
+from storage.models import Job, JobKind, as_utc
 from storage.states import InvalidTransition, JobState
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _PHASE = {
     JobState.DRAFT: "waiting",
@@ -236,15 +233,7 @@ class JobService:
         self, user_id: int, parsed: ParsedPrompt, init_image_key: str | None, seed: int | None = None
     ) -> Job:
         width, height = size_for_aspect(self.defaults.resolution, *parsed.aspect)
-        params: dict[str, object] = {
-            "display": parsed.render(base_steps=self.defaults.steps),
-            "aspect": list(parsed.aspect),
-            **_prompt_params(parsed),
-            "guidance": guidance_for_stylize(parsed.stylize),
-            "tile": parsed.tile,
-            "model": parsed.model,
-            "stop": stop_fraction(parsed.stop),
-        }
+        params = params_for_prompt(parsed, base_steps=self.defaults.steps)
         job = Job(
             user_id=user_id,
             kind=JobKind.IMAGINE,
@@ -257,7 +246,7 @@ class JobService:
         )
         if init_image_key is not None:  # an image prompt: img2img from it, --iw sets how much it counts
             job.operation = Operation.IMG2IMG
-            params.update(
+            params = params.but(
                 init_image_key=init_image_key, strength=strength_for_image_weight(parsed.image_weight)
             )
         job.params = params
@@ -288,13 +277,13 @@ class JobService:
             raise ValueError(f"operation {operation} does not fit a {kind} job")
         # 🔄 redoes the parent as it was (image prompt included); the others start from its image
         dropped = _NOT_INHERITED_BY_REROLL if kind == JobKind.REROLL else _NOT_INHERITED
-        params = {k: v for k, v in parent.params.items() if k not in dropped}
+        params = parent.params.without(*dropped)
         job = Job(
             user_id=user_id,
             kind=kind,
             prompt=parent.prompt,
             negative_prompt=parent.negative_prompt,
-            params={**params, **(extra_params or {})},
+            params=params.but(**(extra_params or {})),
             parent_job_id=parent.id,
             parent_index=index,
             width=parent.width,
@@ -302,7 +291,7 @@ class JobService:
             steps=parent.steps,
             seed=self._new_seed(),
         )
-        if kind == JobKind.REROLL and "init_image_key" in params:
+        if kind == JobKind.REROLL and params.init_image_key is not None:
             job.operation = parent.operation  # an image prompt is redone from the same image
         if remix is not None:
             self._apply_remix(job, remix)
@@ -314,10 +303,10 @@ class JobService:
             job.width, job.height = output_size(
                 operation, source.width, source.height, (source.width, source.height)
             )
-            job.params = {**job.params, "n": 1 if operation.is_upscale else TILE_COUNT}
+            job.params = job.params.but(n=1 if operation.is_upscale else TILE_COUNT)
         elif kind == JobKind.VARIATION:
             job.operation = Operation.IMG2IMG
-            job.params = {**job.params, "strength": VARIATION_STRENGTH}
+            job.params = job.params.but(strength=VARIATION_STRENGTH)
         if kind == JobKind.UPSCALE and index is not None:
             job.seed = tile_seeds(parent.seed, index + 1)[index]
         # the clicker's own mode and tier (their /fast or /relax setting), not the parent's
@@ -326,27 +315,14 @@ class JobService:
     def _apply_remix(self, job: Job, parsed: ParsedPrompt) -> None:
         """Remix mode: the edited prompt replaces the parent's text and the knobs it sets."""
         job.prompt, job.negative_prompt = parsed.text, parsed.negative
-        job.params = {
-            **job.params,
-            "display": parsed.render(base_steps=self.defaults.steps),
-            **_prompt_params(parsed),
-            "remixed": True,
-        }
-        if not parsed.parts:  # the weights belong to the text it replaces
-            job.params.pop("prompt_parts", None)
-        if parsed.stylize is not None:
-            job.params["guidance"] = guidance_for_stylize(parsed.stylize)
-        if parsed.tile:
-            job.params["tile"] = True
-        if parsed.model is not None:
-            job.params["model"] = parsed.model
+        job.params = remixed_params(job.params, parsed, base_steps=self.defaults.steps)
         if parsed.steps is not None or parsed.quality is not None:
             job.steps = parsed.steps or steps_for_quality(parsed.quality, self.defaults.steps)
         if parsed.seed is not None:
             job.seed = parsed.seed
         if job.kind == JobKind.REROLL and "ar" in parsed.given:
             job.width, job.height = size_for_aspect(self.defaults.resolution, *parsed.aspect)
-            job.params["aspect"] = list(parsed.aspect)
+            job.params = job.params.but(aspect=parsed.aspect)
 
     async def _stored_image(self, job_id: str, index: int) -> StoredImage:
         for image in await self.repo.images(job_id):
@@ -378,7 +354,7 @@ class JobService:
             job.tier, job.mode, job.priority = admission.tier.name, admission.mode, admission.tier.priority
             job.estimate_seconds = admission.estimate_seconds
             if admission.note:
-                job.params = {**job.params, "note": admission.note}
+                job.params = job.params.but(note=admission.note)
             # one moment, from the repository's clock, for the job and its reservation: the reservation,
             # release and charge then all fall in the quota period the job was accepted in
             job.created_at = accepted = self.repo.now()
@@ -400,7 +376,7 @@ class JobService:
 
     def _schedule(self, job: Job) -> None:
         """Into the fair queue, aged from when the job was first accepted (a restart keeps its age)."""
-        created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
+        created = as_utc(job.created_at)
         entry = QueueEntry(
             job_id=job.id,
             user_id=str(job.user_id),
@@ -507,32 +483,32 @@ class JobService:
         params = job.params
         operation = Operation(job.operation)
         init_image = await self._init_image(job) if operation.needs_image else None
-        parts = tuple((str(text), float(weight)) for text, weight in params.get("prompt_parts", ()))
+        parts = params.prompt_parts
         return GenerationRequest(
-            prompt=params.get("engine_prompt", job.prompt),
+            prompt=_or(params.engine_prompt, job.prompt),
             # with weights the engine reads the parts; the negative prompt is then --no alone
             negative_prompt=job.negative_prompt
             if parts
-            else params.get("engine_negative", job.negative_prompt),
+            else _or(params.engine_negative, job.negative_prompt),
             width=job.width,
             height=job.height,
             steps=job.steps,
             seed=job.seed,
-            guidance=params.get("guidance", DEFAULT_GUIDANCE),
+            guidance=_or(params.guidance, DEFAULT_GUIDANCE),
             operation=operation,
             init_image=init_image,
-            strength=params.get("strength", VARIATION_STRENGTH),
-            model=params.get("model"),
-            tile=params.get("tile", False),
-            n=params.get("n", TILE_COUNT),
-            stop=params.get("stop", 1.0),
-            chaos=params.get("chaos", 0),
+            strength=_or(params.strength, VARIATION_STRENGTH),
+            model=params.model,
+            tile=params.tile,
+            n=_or(params.n, TILE_COUNT),
+            stop=_or(params.stop, 1.0),
+            chaos=_or(params.chaos, 0),
             prompt_parts=parts,
         )
 
     async def _init_image(self, job: Job) -> Image.Image:
         """The image an image operation starts from: an image prompt, or the parent's tile."""
-        key = job.params.get("init_image_key")
+        key = job.params.init_image_key
         if key:
             try:
                 return await self.store.get_image(key)
@@ -645,7 +621,7 @@ class JobService:
                 job = await self.repo.get(job.id)  # the row as it is now, not as the round started
                 state = JobState(job.state)
                 limit = self.timeouts.limit_for(state)
-                since = job.state_since if job.state_since.tzinfo else job.state_since.replace(tzinfo=UTC)
+                since = as_utc(job.state_since)
                 if limit is None or (now - since).total_seconds() <= limit:
                     continue
                 self.scheduler.discard(job.id)
@@ -714,18 +690,6 @@ class JobService:
             log.warning("job %s: could not show %s", job.id, event, exc_info=True)
 
 
-def _prompt_params(parsed: ParsedPrompt) -> dict[str, object]:
-    """The engine's reading of a prompt, kept in ``job.params`` so a retried job asks for the same.
-
-    ``engine_prompt``/``engine_negative`` are the plain reading (``::`` parts reduced); ``prompt_parts``
-    the weights for engines that use them (compel); ``chaos`` only when typed.
-    """
-    params: dict[str, object] = {
-        "engine_prompt": parsed.engine_prompt,
-        "engine_negative": parsed.engine_negative,
-    }
-    if parsed.parts:
-        params["prompt_parts"] = [[text, weight] for text, weight in parsed.parts]
-    if parsed.chaos is not None:
-        params["chaos"] = parsed.chaos
-    return params
+def _or(value: T | None, default: T) -> T:
+    """``value`` unless it is unset (None); unlike ``or``, keeps 0, 0.0 and ""."""
+    return default if value is None else value

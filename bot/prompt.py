@@ -46,17 +46,16 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
 from urllib.parse import urlsplit
 
+from engine.base import MAX_SEED, MAX_STEPS
 from engine.chaos import MAX_CHAOS
 from engine.weights import plain_prompts, to_compel
+from storage.models import Mode
 
 MAX_RAW_CHARS = 20_000
 """Raw input above this is refused before cleaning (Discord itself caps an option at 6,000)."""
 MAX_PROMPT_CHARS = 1000
-MAX_SEED = 2**32 - 1
-MAX_STEPS = 150
 MAX_ASPECT_RATIO = 4.0
 """Widest (or tallest) ratio allowed: beyond 4:1 the short side gets too small for the model."""
 MAX_RATIO_TERM = 10_000
@@ -77,7 +76,6 @@ QUALITY_VALUES = (0.25, 0.5, 1.0, 2.0)
 MODEL_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
 """A model alias: lower-case letters, digits, ``.``, ``_``, ``-``; at most 40; no path or shell syntax."""
 
-Mode = Literal["fast", "relax"]
 
 _PARAM = re.compile(r"(?:^|(?<=\s))(?:--|—)([A-Za-z][A-Za-z0-9_-]*)")
 _WHOLE_NUMBER = re.compile(r"^\d{1,12}$")
@@ -262,7 +260,7 @@ def parse_prompt(
         )
     parts = _split_weights(text)
 
-    mode: Mode | None = "fast" if "fast" in values else "relax" if "relax" in values else None
+    mode = Mode.FAST if "fast" in values else Mode.RELAX if "relax" in values else None
     return ParsedPrompt(
         text=text,
         negative=str(values.get("no", "")),

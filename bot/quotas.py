@@ -19,11 +19,10 @@ from datetime import UTC, datetime
 from bot.tiers import Tier, TierConfig
 from engine.base import TILE_COUNT
 from storage.ledger import LedgerRepository
-from storage.models import Job, LedgerEntry, LedgerKind, User
+from storage.models import Job, LedgerEntry, LedgerKind, Mode, User, as_utc
 from storage.states import JobState
 from storage.users import UserRepository
 
-FAST, RELAX = "fast", "relax"
 WAITING_STATES = (JobState.DRAFT, JobState.SUBMITTED, JobState.QUEUED)
 RUNNING_STATES = (JobState.PROCESSING, JobState.GENERATED, JobState.STORING)
 UNSUCCESSFUL_STATES = (JobState.FAILED, JobState.CANCELED, JobState.TIMED_OUT)
@@ -82,7 +81,7 @@ class CostModel:
 
 def images_of(job: Job) -> int:
     """How many images a job's operation makes: ``params["n"]`` (1 for an upscale), else a grid of four."""
-    return max(1, int(job.params.get("n", TILE_COUNT)))
+    return max(1, job.params.n or TILE_COUNT)
 
 
 class QuotaService:
@@ -113,9 +112,7 @@ class QuotaService:
             reason = f" ({user.ban_reason})" if user.ban_reason else ""
             raise AdmissionRefused(f"You are banned from using this bot{reason}.")
         if user.blocked_until is not None:
-            until = (
-                user.blocked_until if user.blocked_until.tzinfo else user.blocked_until.replace(tzinfo=UTC)
-            )
+            until = as_utc(user.blocked_until)
             if until > self.now():
                 raise AdmissionRefused(
                     f"You are blocked until <t:{int(until.timestamp())}:t> after repeated prompts against the rules."
@@ -149,20 +146,22 @@ class QuotaService:
     async def _choose_mode(
         self, user: User, tier: Tier, job: Job, requested: str | None, uses_engine: bool
     ) -> Admission:
-        mode = requested or user.mode or FAST
+        mode = requested or user.mode or Mode.FAST
         if not uses_engine:
             return Admission(tier, mode, 0.0)
-        if mode == RELAX:
+        if mode == Mode.RELAX:
             if not tier.relax:
                 raise AdmissionRefused(f"Relax mode is not part of the {tier.name} tier; use --fast.")
-            return Admission(tier, RELAX, 0.0)
+            return Admission(tier, Mode.RELAX, 0.0)
         estimate = self.cost.estimate(job)
         used = await self.ledger.used(user.id, self.tiers.period_start(self.now()))
         if used + estimate <= tier.fast_seconds:
-            return Admission(tier, FAST, estimate)
+            return Admission(tier, Mode.FAST, estimate)
         resets = int(self.tiers.period_end(self.now()).timestamp())
         if tier.relax:
-            return Admission(tier, RELAX, 0.0, note="Your fast time is used up: this job runs in relax mode.")
+            return Admission(
+                tier, Mode.RELAX, 0.0, note="Your fast time is used up: this job runs in relax mode."
+            )
         raise AdmissionRefused(
             f"You have used your fast time ({format_duration(used)} of {format_duration(tier.fast_seconds)}). "
             f"It resets <t:{resets}:R>."
@@ -175,7 +174,7 @@ class QuotaService:
     # -- ledger entries written together with job transitions ---------------------------------------
 
     def reservation(self, job: Job) -> list[LedgerEntry]:
-        if job.mode != FAST or job.estimate_seconds <= 0:
+        if job.mode != Mode.FAST or job.estimate_seconds <= 0:
             return []
         return [self._entry(job, LedgerKind.RESERVE, job.estimate_seconds)]
 
@@ -183,7 +182,7 @@ class QuotaService:
         self, job: Job, target: JobState, engine_seconds: float | None = None
     ) -> list[LedgerEntry]:
         """Entries to write with the job's terminal transition to ``target``."""
-        if not target.terminal or job.mode != FAST:
+        if not target.terminal or job.mode != Mode.FAST:
             return []
         entries = []
         if job.estimate_seconds > 0:
@@ -193,7 +192,7 @@ class QuotaService:
         return entries
 
     def _entry(self, job: Job, kind: str, seconds: float) -> LedgerEntry:
-        created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
+        created = as_utc(job.created_at)
         return LedgerEntry(
             user_id=job.user_id,
             job_id=job.id,

@@ -9,8 +9,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.quotas import FAST, RELAX, format_duration
-from storage.models import Job
+from bot.app import ImagineBot
+from bot.quotas import format_duration
+from storage.models import Job, Mode
 from storage.states import JobState
 
 log = logging.getLogger(__name__)
@@ -32,31 +33,31 @@ def describe_job(job: Job, position: int | None, eta: float | None) -> str:
 
 
 class AccountCog(commands.Cog):
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
 
     @app_commands.command(name="fast", description="Run your new jobs in fast mode (uses your fast time)")
     async def fast(self, interaction: discord.Interaction) -> None:
-        await self._set_mode(interaction, FAST)
+        await self._set_mode(interaction, Mode.FAST)
 
     @app_commands.command(
         name="relax", description="Run your new jobs in relax mode (free, when the GPU is idle)"
     )
     async def relax(self, interaction: discord.Interaction) -> None:
-        await self._set_mode(interaction, RELAX)
+        await self._set_mode(interaction, Mode.RELAX)
 
     async def _set_mode(self, interaction: discord.Interaction, mode: str) -> None:
         bot = self.bot
-        user = await bot.accounts.get(interaction.user.id, interaction.user.name)  # type: ignore[attr-defined]
-        tier = bot.tiers.get(user.tier)  # type: ignore[attr-defined]
-        if mode == RELAX and not tier.relax:
+        user = await bot.accounts.get(interaction.user.id, interaction.user.name)
+        tier = bot.tiers.get(user.tier)
+        if mode == Mode.RELAX and not tier.relax:
             await interaction.response.send_message(
                 f"Relax mode is not part of the {tier.name} tier.", ephemeral=True
             )
             return
-        await bot.accounts.update(interaction.user.id, mode=mode)  # type: ignore[attr-defined]
+        await bot.accounts.update(interaction.user.id, mode=mode)
         await interaction.response.send_message(
-            f"Done! Your new jobs run in **{mode}** mode. Add `--{FAST if mode == RELAX else RELAX}` to a prompt "
+            f"Done! Your new jobs run in **{mode}** mode. Add `--{Mode.FAST if mode == Mode.RELAX else Mode.RELAX}` to a prompt "
             "to override it once.",
             ephemeral=True,
         )
@@ -66,8 +67,8 @@ class AccountCog(commands.Cog):
     )
     async def info(self, interaction: discord.Interaction) -> None:
         bot = self.bot
-        status = await bot.quotas.status(interaction.user.id)  # type: ignore[attr-defined]
-        jobs = await bot.jobs.repo.unfinished(user_id=interaction.user.id)  # type: ignore[attr-defined]
+        status = await bot.quotas.status(interaction.user.id)
+        jobs = await bot.jobs.repo.unfinished(user_id=interaction.user.id)
         lines = [
             "**Your imaginebot info**",
             f"Tier: **{status.tier.name}** · Mode: **{status.mode}**",
@@ -79,8 +80,8 @@ class AccountCog(commands.Cog):
         if jobs:
             lines.append("Your jobs:")
             for job in jobs[:10]:
-                position = bot.scheduler.position(job.id)  # type: ignore[attr-defined]
-                lines.append("• " + describe_job(job, position, bot.jobs.eta_seconds(position)))  # type: ignore[attr-defined]
+                position = bot.scheduler.position(job.id)
+                lines.append("• " + describe_job(job, position, bot.jobs.eta_seconds(position)))
         else:
             lines.append("You have no queued or running jobs.")
         await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)
@@ -89,7 +90,7 @@ class AccountCog(commands.Cog):
     @app_commands.describe(job_id="The job to cancel (see /info); leave empty to cancel all of yours")
     async def cancel(self, interaction: discord.Interaction, job_id: str | None = None) -> None:
         bot = self.bot
-        jobs = await bot.jobs.repo.unfinished(user_id=interaction.user.id)  # type: ignore[attr-defined]
+        jobs = await bot.jobs.repo.unfinished(user_id=interaction.user.id)
         if job_id is not None:
             jobs = [job for job in jobs if job.id == job_id.strip().lower()]
             if not jobs:
@@ -111,13 +112,13 @@ class AccountCog(commands.Cog):
         await interaction.edit_original_response(content=text)
 
 
-async def cancel_jobs(bot: commands.Bot, job_ids: list[str]) -> int:
+async def cancel_jobs(bot: ImagineBot, job_ids: list[str]) -> int:
     """Cancel jobs and wait (briefly) for running ones to stop; returns how many ended CANCELED."""
     for job_id in job_ids:
-        await bot.jobs.cancel(job_id)  # type: ignore[attr-defined]
+        await bot.jobs.cancel(job_id)
 
     async def all_settled() -> list[Job]:
-        return [await bot.jobs.repo.get(job_id) for job_id in job_ids]  # type: ignore[attr-defined]
+        return [await bot.jobs.repo.get(job_id) for job_id in job_ids]
 
     jobs = await all_settled()
     loop = asyncio.get_running_loop()
@@ -128,5 +129,5 @@ async def cancel_jobs(bot: commands.Bot, job_ids: list[str]) -> int:
     return sum(1 for job in jobs if job.state == JobState.CANCELED)
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: ImagineBot) -> None:
     await bot.add_cog(AccountCog(bot))

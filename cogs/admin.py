@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import logging
 import statistics
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.app import ImagineBot
 from bot.quotas import format_duration
 from cogs.account import cancel_jobs, describe_job
-from storage.stats import StatsRepository
+from storage.models import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,12 @@ MAX_LISTED = 15
 @app_commands.default_permissions(manage_guild=True)
 @app_commands.guild_only()
 class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage imaginebot (admins only)"):
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
         super().__init__()
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:  # type: ignore[override]
-        if self.bot.is_admin(interaction.user):  # type: ignore[attr-defined]
+        if self.bot.is_admin(interaction.user):
             return True
         await interaction.response.send_message(REFUSAL, ephemeral=True)
         log.info("refused /admin for user %s", interaction.user.id)
@@ -55,7 +56,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
     async def _audit(
         self, interaction: discord.Interaction, action: str, target: str = "", **details: Any
     ) -> None:
-        await self.bot.audit.record(interaction.user.id, action, target, **details)  # type: ignore[attr-defined]
+        await self.bot.audit.record(interaction.user.id, action, target, **details)
 
     async def _reply(self, interaction: discord.Interaction, text: str) -> None:
         await interaction.response.send_message(text[:2000], ephemeral=True)
@@ -63,7 +64,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
     @app_commands.command(name="tier", description="Set a member's tier")
     @app_commands.describe(user="The member", tier="A tier name from the tiers file")
     async def tier(self, interaction: discord.Interaction, user: discord.User, tier: str) -> None:
-        tiers = self.bot.tiers  # type: ignore[attr-defined]
+        tiers = self.bot.tiers
         if tier not in tiers.tiers:
             await self._reply(
                 interaction,
@@ -71,7 +72,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
                 f"Tiers: {', '.join(tiers.tiers)}.",
             )
             return
-        await self.bot.accounts.update(user.id, tier=tier)  # type: ignore[attr-defined]
+        await self.bot.accounts.update(user.id, tier=tier)
         await self._audit(interaction, "tier", str(user.id), tier=tier)
         await self._reply(interaction, f"{user.mention} is now on the **{tier}** tier.")
 
@@ -90,7 +91,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
         action: str,
         minutes: app_commands.Range[float, 0, 100_000] = 0.0,
     ) -> None:
-        quotas = self.bot.quotas  # type: ignore[attr-defined]
+        quotas = self.bot.quotas
         if action == "grant":
             if minutes <= 0:
                 await self._reply(interaction, "Give the minutes to grant, e.g. `minutes: 30`.")
@@ -107,21 +108,21 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
     async def ban(
         self, interaction: discord.Interaction, user: discord.User, reason: str | None = None
     ) -> None:
-        await self.bot.accounts.update(user.id, banned=True, ban_reason=(reason or "")[:200] or None)  # type: ignore[attr-defined]
+        await self.bot.accounts.update(user.id, banned=True, ban_reason=(reason or "")[:200] or None)
         await self._audit(interaction, "ban", str(user.id), reason=reason)
         await self._reply(interaction, f"{user.mention} is banned from imaginebot.")
 
     @app_commands.command(name="unban", description="Let a banned member use the bot again")
     async def unban(self, interaction: discord.Interaction, user: discord.User) -> None:
-        await self.bot.accounts.update(user.id, banned=False, ban_reason=None)  # type: ignore[attr-defined]
+        await self.bot.accounts.update(user.id, banned=False, ban_reason=None)
         await self._audit(interaction, "unban", str(user.id))
         await self._reply(interaction, f"{user.mention} may use imaginebot again.")
 
     @app_commands.command(name="queue", description="List waiting and running jobs with their positions")
     async def queue(self, interaction: discord.Interaction) -> None:
         bot = self.bot
-        jobs = await bot.jobs.repo.unfinished()  # type: ignore[attr-defined]
-        scheduler = bot.scheduler  # type: ignore[attr-defined]
+        jobs = await bot.jobs.repo.unfinished()
+        scheduler = bot.scheduler
         jobs = sorted(jobs, key=lambda job: scheduler.position(job.id) or 0)
         head = f"**Queue** — {scheduler.waiting} waiting, {len(scheduler.running)} running"
         head += " · ⏸️ dispatch paused" if scheduler.paused else ""
@@ -131,7 +132,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
             lines.append(
                 f"• <@{job.user_id}> [{job.tier}] "
                 + describe_job(job, position, bot.jobs.eta_seconds(position))
-            )  # type: ignore[attr-defined]
+            )
         if len(jobs) > MAX_LISTED:
             lines.append(f"… and {len(jobs) - MAX_LISTED} more")
         await self._audit(interaction, "queue")
@@ -139,7 +140,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
 
     @app_commands.command(name="cancel", description="Cancel any job")
     async def cancel(self, interaction: discord.Interaction, job_id: str) -> None:
-        job = await self.bot.jobs.repo.find(job_id.strip().lower())  # type: ignore[attr-defined]
+        job = await self.bot.jobs.repo.find(job_id.strip().lower())
         if job is None:
             await self._reply(interaction, "No job with that id.")
             return
@@ -152,13 +153,13 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
 
     @app_commands.command(name="pause", description="Stop starting new jobs (running ones finish)")
     async def pause(self, interaction: discord.Interaction) -> None:
-        self.bot.scheduler.pause()  # type: ignore[attr-defined]
+        self.bot.scheduler.pause()
         await self._audit(interaction, "pause")
         await self._reply(interaction, "Dispatch paused: queued jobs wait until `/admin resume`.")
 
     @app_commands.command(name="resume", description="Start dispatching queued jobs again")
     async def resume(self, interaction: discord.Interaction) -> None:
-        self.bot.scheduler.resume()  # type: ignore[attr-defined]
+        self.bot.scheduler.resume()
         await self._audit(interaction, "resume")
         await self._reply(interaction, "Dispatch resumed.")
 
@@ -167,8 +168,8 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
     )
     async def stats(self, interaction: discord.Interaction) -> None:
         bot = self.bot
-        stats = StatsRepository(bot.database)  # type: ignore[attr-defined]
-        today = bot.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)  # type: ignore[attr-defined]
+        stats = bot.stats
+        today = bot.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         by_state = await stats.jobs_by("state")
         by_tier = await stats.jobs_by("tier", since=today)
         waits = sorted(await stats.queue_waits(today))
@@ -178,8 +179,8 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
             "Jobs today by tier: "
             + (", ".join(f"{k or '?'} {v}" for k, v in sorted(by_tier.items())) or "none"),
             f"Engine time today: {format_duration(await stats.engine_seconds(today))}",
-            f"Queue: {bot.scheduler.waiting} waiting, {len(bot.scheduler.running)} running"  # type: ignore[attr-defined]
-            + (" (paused)" if bot.scheduler.paused else ""),  # type: ignore[attr-defined]
+            f"Queue: {bot.scheduler.waiting} waiting, {len(bot.scheduler.running)} running"
+            + (" (paused)" if bot.scheduler.paused else ""),
             "Wait in queue today: " + (_percentiles(waits) if waits else "no jobs started yet"),
         ]
         await self._audit(interaction, "stats")
@@ -190,7 +191,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
     async def banned_words(
         self, interaction: discord.Interaction, action: str, term: str | None = None
     ) -> None:
-        moderator = self.bot.moderator  # type: ignore[attr-defined]
+        moderator = self.bot.moderator
         if action == "list":
             terms = moderator.words.terms
             await self._audit(interaction, "banned-words list")
@@ -209,7 +210,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
 
     @app_commands.command(name="engines", description="Each engine's health, load and recent speed")
     async def engines(self, interaction: discord.Interaction) -> None:
-        engine = self.bot.engine  # type: ignore[attr-defined]
+        engine = self.bot.engine
         statuses = engine.status() if hasattr(engine, "status") else None
         if statuses:
             lines = ["**Engines**"] + [_engine_line(status) for status in statuses]
@@ -226,9 +227,9 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
     async def audit(
         self, interaction: discord.Interaction, count: app_commands.Range[int, 1, 50] = 10
     ) -> None:
-        entries = await self.bot.audit.recent(count)  # type: ignore[attr-defined]
+        entries = await self.bot.audit.recent(count)
         lines = ["**Recent admin actions**"] + [
-            f"<t:{int(_aware(e.at).timestamp())}:f> <@{e.actor_id}> {e.action} {e.target} "
+            f"<t:{int(as_utc(e.at).timestamp())}:f> <@{e.actor_id}> {e.action} {e.target} "
             + (" ".join(f"{k}={v}" for k, v in e.details.items() if v not in (None, "", 0, 0.0)))
             for e in entries
         ]
@@ -253,9 +254,5 @@ def _percentiles(values: list[float]) -> str:
     )
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: ImagineBot) -> None:
     await bot.add_cog(AdminCog(bot))

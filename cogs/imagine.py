@@ -1,4 +1,4 @@
-"""`/imagine`: parse and moderate the prompt, expand permutations and repeats, then queue the jobs.
+"""`/imagine`: read the prompt through the bot's ``Intake`` (bot/intake.py), then queue the jobs.
 
 Everything that can refuse a prompt without the network (syntax, moderation, admission) answers
 privately before the interaction is acknowledged. Image prompts (an attachment, or links when
@@ -20,42 +20,26 @@ import logging
 import discord
 from discord import app_commands
 from discord.ext import commands
+from PIL import Image
 
+from bot.app import ImagineBot
 from bot.decode_gate import DecodeBusy, DecodeGate
-from bot.image_links import image_link_refusal, texts_to_moderate
-from bot.jobs import Origin
-from bot.prompt import (
-    ParsedPrompt,
-    PromptDefaults,
-    PromptError,
-    append_suffix,
-    expand_permutations,
-    parse_prompt,
-)
+from bot.intake import IntakeRefused
+from bot.jobs import Acknowledge, Origin
+from bot.prompt import ParsedPrompt
 from bot.quotas import AdmissionRefused
 from cogs.submitting import BUSY, answer_privately, submit_job
 from engine.safe_fetch import FetchPolicy, ImageFetchError, fetch_image, load_attachment_image
-from storage.models import User
+from storage.models import Job
 
 log = logging.getLogger(__name__)
 
-MAX_JOBS_PER_PROMPT = 40
 CONFIRM_TIMEOUT = 60.0
 ALREADY_ANSWERED = "That question was answered already; nothing more was started."
 
 
-def prompt_defaults(user: User) -> PromptDefaults:
-    preferences = user.preferences or {}
-    return PromptDefaults(
-        model=preferences.get("model"),
-        stylize=preferences.get("stylize"),
-        quality=preferences.get("quality"),
-        mode=preferences.get("mode"),
-    )
-
-
 class ImagineCog(commands.Cog):
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
         self.decodes = DecodeGate()
 
@@ -68,41 +52,19 @@ class ImagineCog(commands.Cog):
         self, interaction: discord.Interaction, prompt: str, image: discord.Attachment | None = None
     ) -> None:
         bot = self.bot
-        user = await bot.accounts.get(interaction.user.id, interaction.user.name)  # type: ignore[attr-defined]
+        user = await bot.accounts.get(interaction.user.id, interaction.user.name)
         try:
-            prompts = self._parse(append_suffix(prompt, user.suffix) if user.suffix else prompt, user, image)
-        except PromptError as error:
-            await interaction.response.send_message(str(error), ephemeral=True)
+            jobs = await bot.intake.read(user, prompt, attachments=1 if image else 0)
+        except IntakeRefused as refusal:
+            await interaction.response.send_message(str(refusal), ephemeral=True)
             return
-        refusal = await bot.moderator.check(user.id, *texts_to_moderate(prompts))  # type: ignore[attr-defined]
-        refusal = refusal or image_link_refusal(
-            prompts,
-            links_allowed=bot.settings.image_urls,  # type: ignore[attr-defined]
-            attachment=image is not None,
-        )
-        if refusal:
-            await interaction.response.send_message(refusal, ephemeral=True)
-            return
-        jobs = [parsed for parsed in prompts for _ in range(parsed.repeat)]
-        if len(jobs) > bot.settings.permutation_confirm_over:  # type: ignore[attr-defined]
+        if len(jobs) > bot.settings.permutation_confirm_over:
             view = ConfirmJobs(self, jobs, image, interaction)
             await interaction.response.send_message(
                 f"This prompt makes **{len(jobs)} jobs**. Start them all?", view=view, ephemeral=True
             )
             return
         await self.start_jobs(interaction, jobs, image)
-
-    def _parse(self, raw: str, user: User, image: discord.Attachment | None) -> list[ParsedPrompt]:
-        models = getattr(getattr(self.bot.engine, "registry", None), "specs", None)  # type: ignore[attr-defined]
-        variants = expand_permutations(raw, MAX_JOBS_PER_PROMPT)
-        defaults = prompt_defaults(user)
-        parsed = [
-            parse_prompt(text, models=frozenset(models) if models else None, attachments=1 if image else 0)
-            for text in variants
-        ]
-        if sum(p.repeat for p in parsed) > MAX_JOBS_PER_PROMPT:
-            raise PromptError(f"That prompt makes more than {MAX_JOBS_PER_PROMPT} jobs; split it up.")
-        return [p.with_defaults(defaults) for p in parsed]
 
     async def start_jobs(
         self, interaction: discord.Interaction, jobs: list[ParsedPrompt], image: discord.Attachment | None
@@ -121,18 +83,24 @@ class ImagineCog(commands.Cog):
                     interaction,
                     parsed,
                     self._channel_origin(interaction),
-                    started.params.get("init_image_key"),
+                    started.params.init_image_key,
                 )
             except Exception as error:  # refused (queue full...) or failed: say so once, privately
                 await interaction.followup.send(f"Not all jobs could start: {error}", ephemeral=True)
                 return
 
-    async def _submit(self, interaction: discord.Interaction, parsed: ParsedPrompt, acknowledge, key=None):  # type: ignore[no-untyped-def]
-        return await self.bot.jobs.submit_imagine(  # type: ignore[attr-defined]
+    async def _submit(
+        self,
+        interaction: discord.Interaction,
+        parsed: ParsedPrompt,
+        acknowledge: Acknowledge,
+        key: str | None = None,
+    ) -> Job:
+        return await self.bot.jobs.submit_imagine(
             interaction.user.id, acknowledge, parsed, user_name=interaction.user.name, init_image_key=key
         )
 
-    def _channel_origin(self, interaction: discord.Interaction):  # type: ignore[no-untyped-def]
+    def _channel_origin(self, interaction: discord.Interaction) -> Acknowledge:
         async def acknowledge() -> Origin:
             return Origin(channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id)
 
@@ -140,11 +108,11 @@ class ImagineCog(commands.Cog):
 
     async def _start_with_image(
         self, interaction: discord.Interaction, parsed: ParsedPrompt, image: discord.Attachment | None
-    ):  # type: ignore[no-untyped-def]
+    ) -> Job | None:
         """Admit first (nothing is fetched for a refused job), then fetch and decode the image within the
         decode bounds, then queue; an image stored for a job that was refused after all is deleted."""
         try:
-            await self.bot.jobs.precheck_imagine(  # type: ignore[attr-defined]
+            await self.bot.jobs.precheck_imagine(
                 interaction.user.id, parsed, user_name=interaction.user.name, image_prompt=True
             )
         except AdmissionRefused as refusal:
@@ -170,7 +138,7 @@ class ImagineCog(commands.Cog):
         except DecodeBusy as busy:
             await answer_privately(interaction, str(busy))
             return None
-        key = await self.bot.jobs.store.put_image(picture)  # type: ignore[attr-defined]
+        key = await self.bot.jobs.store.put_image(picture)
 
         async def already_acknowledged() -> Origin:
             return origin
@@ -179,10 +147,11 @@ class ImagineCog(commands.Cog):
             interaction, lambda _: self._submit(interaction, parsed, already_acknowledged, key)
         )
         if job is None:  # refused after all (the queue filled meanwhile...): keep no orphan image
-            await self.bot.jobs.discard_input_image(key)  # type: ignore[attr-defined]
+            await self.bot.jobs.discard_input_image(key)
         return job
 
-    async def _load_image(self, parsed: ParsedPrompt, image: discord.Attachment | None):  # type: ignore[no-untyped-def]
+    async def _load_image(self, parsed: ParsedPrompt, image: discord.Attachment | None) -> Image.Image:
+        """The job's one image prompt (``Intake`` refuses more than ``MAX_IMAGE_PROMPTS``)."""
         if image is not None:
             if image.size > FetchPolicy().max_bytes:
                 raise ImageFetchError("the attachment is too large")
@@ -241,5 +210,5 @@ class ConfirmJobs(discord.ui.View):
             log.info("could not disable the buttons of a permutation question", exc_info=True)
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: ImagineBot) -> None:
     await bot.add_cog(ImagineCog(bot))

@@ -6,19 +6,20 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.app import ImagineBot
 from bot.prompt import MODEL_NAME_PATTERN, PromptError, parse_prompt
-from bot.quotas import FAST, RELAX
+from storage.models import Mode
 
 QUALITIES = [
     app_commands.Choice(name=name, value=value)
     for name, value in ((".25", 0.25), (".5", 0.5), ("1", 1.0), ("2", 2.0))
 ]
-MODES = [app_commands.Choice(name=mode, value=mode) for mode in (FAST, RELAX)]
+MODES = [app_commands.Choice(name=mode.value, value=mode.value) for mode in Mode]
 MAX_SUFFIX = 200
 
 
 class PreferencesCog(commands.Cog):
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
 
     @app_commands.command(
@@ -32,7 +33,8 @@ class PreferencesCog(commands.Cog):
         remix="Edit the prompt before variations and rerolls",
         reset="Clear all defaults",
     )
-    @app_commands.choices(quality=QUALITIES, mode=MODES)
+    @app_commands.choices(quality=QUALITIES)
+    @app_commands.choices(mode=MODES)
     async def settings(
         self,
         interaction: discord.Interaction,
@@ -43,12 +45,12 @@ class PreferencesCog(commands.Cog):
         remix: bool | None = None,
         reset: bool = False,
     ) -> None:
-        accounts = self.bot.accounts  # type: ignore[attr-defined]
+        accounts = self.bot.accounts
         user = await accounts.get(interaction.user.id, interaction.user.name)
         preferences = {} if reset else dict(user.preferences or {})
         if model is not None:
             model = model.strip().lower()
-            known = getattr(getattr(self.bot.engine, "registry", None), "specs", None)  # type: ignore[attr-defined]
+            known = self.bot.model_aliases
             if not MODEL_NAME_PATTERN.fullmatch(model) or (known and model not in known):
                 names = ", ".join(sorted(known)) if known else "the configured aliases"
                 await interaction.response.send_message(f"Unknown model. Models: {names}.", ephemeral=True)
@@ -60,8 +62,8 @@ class PreferencesCog(commands.Cog):
             preferences["quality"] = quality
         values: dict[str, object] = {"preferences": preferences}
         if mode is not None:
-            tier = self.bot.tiers.get(user.tier)  # type: ignore[attr-defined]
-            if mode == RELAX and not tier.relax:
+            tier = self.bot.tiers.get(user.tier)
+            if mode == Mode.RELAX and not tier.relax:
                 await interaction.response.send_message(
                     f"Relax mode is not part of the {tier.name} tier.", ephemeral=True
                 )
@@ -97,7 +99,7 @@ class PreferencesCog(commands.Cog):
             except PromptError as error:
                 await interaction.response.send_message(f"That suffix is not valid: {error}", ephemeral=True)
                 return
-        await self.bot.accounts.update(interaction.user.id, suffix=text)  # type: ignore[attr-defined]
+        await self.bot.accounts.update(interaction.user.id, suffix=text)
         await interaction.response.send_message(
             f"Your suffix is now `{discord.utils.escape_markdown(text)}`."
             if text
@@ -106,5 +108,5 @@ class PreferencesCog(commands.Cog):
         )
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: ImagineBot) -> None:
     await bot.add_cog(PreferencesCog(bot))

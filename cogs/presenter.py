@@ -17,21 +17,21 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
 import discord
-from discord.ext import commands
 
+from bot.app import ImagineBot
 from bot.edit_budget import EditBudget
 from bot.grid import encode_for_upload, make_grid
 from bot.throttle import ThrottledSender
-from cogs.buttons import result_view
+from cogs.rendering import headline, result_content, result_view
 from engine.base import ProgressUpdate
 from storage.jobs import StoredImage
-from storage.models import Job, JobKind
+from storage.models import Job, as_utc
 from storage.states import JobState
 
 log = logging.getLogger(__name__)
@@ -58,43 +58,10 @@ class _MessageState:
     content: str | None = None  # the last text shown, for moving the message
 
 
-def headline(job: Job) -> str:
-    """``**prompt** - <@user>`` in Midjourney's wording for each kind of job."""
-    display = discord.utils.escape_mentions(
-        discord.utils.escape_markdown(job.params.get("display", job.prompt))
-    )
-    mention = f"<@{job.user_id}>"
-    # a button's result links the message it came from (an interaction response cannot be a reply)
-    mention += f" · {job.params['reply_to']}" if job.params.get("reply_to") else ""
-    if job.kind == JobKind.UPSCALE and job.parent_index is not None:
-        return f"**{display}** - Image #{job.parent_index + 1} {mention}"
-    if job.operation in _BY_OPERATION and job.kind != JobKind.IMAGINE:
-        return f"**{display}** - {_BY_OPERATION[job.operation]} by {mention}"
-    if job.kind == JobKind.VARIATION:
-        return f"**{display}** - Variations by {mention}"
-    return f"**{display}** - {mention}"
-
-
-_BY_OPERATION = {
-    "upscale_subtle": "Upscaled (Subtle)",
-    "upscale_creative": "Upscaled (Creative)",
-    "vary_subtle": "Variations (Subtle)",
-    "vary_strong": "Variations (Strong)",
-    "zoom_out_2x": "Zoom Out",
-    "zoom_out_1.5x": "Zoom Out",
-    "make_square": "Make Square",
-    "pan_left": "Pan Left",
-    "pan_right": "Pan Right",
-    "pan_up": "Pan Up",
-    "pan_down": "Pan Down",
-}
-"""Midjourney's wording for the result of each single-image button."""
-
-
 class DiscordPresenter:
     def __init__(
         self,
-        bot: commands.Bot,
+        bot: ImagineBot,
         edit_interval: float,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -111,7 +78,7 @@ class DiscordPresenter:
 
     async def queued(self, job: Job, position: int | None) -> None:
         where = f" · {position} in line" if position and position > 1 else ""
-        note = f"\n{job.params['note']}" if job.params.get("note") else ""
+        note = f"\n{job.params.note}" if job.params.note else ""
         await self._edit(job, Stage.WAITING, content=f"{headline(job)} (Waiting to start{where}){note}")
 
     def progress(self, job: Job, update: ProgressUpdate) -> None:
@@ -132,14 +99,14 @@ class DiscordPresenter:
     async def succeeded(self, job: Job, images: list[StoredImage]) -> None:
         self._mark_finished(job.id)
         await self._stop_progress(job.id)
-        pictures = [await self.bot.jobs.store.get_image(image.key) for image in images]  # type: ignore[attr-defined]
+        pictures = [await self.bot.jobs.store.get_image(image.key) for image in images]
         picture = pictures[0] if len(pictures) == 1 else make_grid(pictures)
         data, extension = await asyncio.to_thread(encode_for_upload, picture)
         name = f"{job.id}.{extension}"
         await self._edit(
             job,
             Stage.FINAL,
-            content=f"{headline(job)} ({job.mode})" if len(images) > 1 else headline(job),
+            content=result_content(job, len(images)),
             file=discord.File(io.BytesIO(data), filename=name),
             view=result_view(job, len(images)),
         )
@@ -181,7 +148,7 @@ class DiscordPresenter:
         the channel, so its edits are counted as channel edits (conservatively, before the move too).
         """
         if job.interaction_token and job.message_id:
-            if not job.created_at or self.now() - _aware(job.created_at) < TOKEN_MOVE_AGE:
+            if not job.created_at or self.now() - as_utc(job.created_at) < TOKEN_MOVE_AGE:
                 return None
         return job.channel_id
 
@@ -204,7 +171,7 @@ class DiscordPresenter:
                 return  # the message has moved on; never go back
             state.stage = stage
             attachments = [file] if file is not None else ([] if clear_files else discord.utils.MISSING)
-            fresh = await self.bot.jobs.repo.get(job.id)  # type: ignore[attr-defined]
+            fresh = await self.bot.jobs.repo.get(job.id)
             started = time.perf_counter()
             try:
                 await self._edit_existing(fresh, content, attachments, view)
@@ -222,16 +189,16 @@ class DiscordPresenter:
         job that finished meanwhile (its result just posted) is left alone.
         """
         moved = 0
-        for listed in await self.bot.jobs.repo.unfinished():  # type: ignore[attr-defined]
+        for listed in await self.bot.jobs.repo.unfinished():
             if not (listed.interaction_token and listed.message_id and listed.channel_id):
                 continue
-            if self.now() - _aware(listed.created_at) < TOKEN_MOVE_AGE or listed.id in self._finished:
+            if self.now() - as_utc(listed.created_at) < TOKEN_MOVE_AGE or listed.id in self._finished:
                 continue
             state = self._state(listed.id)
             async with state.lock:
                 if listed.id in self._finished or state.stage == Stage.FINAL:
                     continue
-                job = await self.bot.jobs.repo.get(listed.id)  # type: ignore[attr-defined]
+                job = await self.bot.jobs.repo.get(listed.id)
                 if JobState(job.state).terminal:
                     self._messages.pop(job.id, None)
                     continue
@@ -249,10 +216,12 @@ class DiscordPresenter:
             log.info("job %s: moved to a channel message before its interaction token expires", job.id)
         return moved
 
-    async def _edit_existing(self, job: Job, content: str, attachments: object, view: object) -> None:
+    async def _edit_existing(
+        self, job: Job, content: str, attachments: Sequence[discord.File], view: discord.ui.View | None
+    ) -> None:
         view_arg = view if view is not None else discord.utils.MISSING
         if job.interaction_token and job.message_id:
-            if job.created_at and self.now() - _aware(job.created_at) > TOKEN_SAFE_AGE:
+            if job.created_at and self.now() - as_utc(job.created_at) > TOKEN_SAFE_AGE:
                 raise _TokenTooOld
             webhook = discord.Webhook.partial(job.application_id or 0, job.interaction_token, client=self.bot)
             await webhook.edit_message(
@@ -273,25 +242,26 @@ class DiscordPresenter:
         if file is not None:
             file.reset()
         channel = self.bot.get_partial_messageable(job.channel_id)
-        kwargs: dict[str, object] = {"content": content}
-        if file is not None:
-            kwargs["file"] = file
+        files = [file] if file is not None else []
         if view is not None:
-            kwargs["view"] = view
-        message = await channel.send(**kwargs)  # type: ignore[arg-type]
-        await self.bot.jobs.repo.update_fields(job.id, message_id=message.id, interaction_token=None)  # type: ignore[attr-defined]
+            message = await channel.send(content, files=files, view=view)
+        else:
+            message = await channel.send(content, files=files)
+        await self.bot.jobs.repo.update_fields(job.id, message_id=message.id, interaction_token=None)
 
 
 class _TokenTooOld(Exception):
     """The interaction token is (nearly) expired: edits must go through a channel message."""
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-async def setup(bot: commands.Bot) -> None:
-    settings = bot.settings  # type: ignore[attr-defined]
+async def setup(bot: ImagineBot) -> None:
     # the bot's budget: progress edits share it with the used-button marks (cogs/buttons.py)
-    budget = bot.edit_budget  # type: ignore[attr-defined]
-    bot.jobs.presenter = DiscordPresenter(bot, settings.progress_edit_interval, now=bot.now, budget=budget)  # type: ignore[attr-defined]
+    presenter = DiscordPresenter(
+        bot, bot.settings.progress_edit_interval, now=bot.now, budget=bot.edit_budget
+    )
+    bot.jobs.presenter = presenter
+    bot.message_mover = presenter.move_aging_messages
+
+
+async def teardown(bot: ImagineBot) -> None:
+    bot.message_mover = None

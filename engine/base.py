@@ -19,6 +19,9 @@ TILE_COUNT = 4
 """A grid job makes four images, like Midjourney."""
 
 MAX_SEED = 2**32 - 1
+"""Seeds are unsigned 32-bit (``--seed``, tile seeds wrap around)."""
+MAX_STEPS = 150
+"""Denoising steps one request may ask for (``--steps``, the engine server's limit)."""
 
 
 class Operation(StrEnum):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from storage.params import JobParams, JobParamsColumn
 from storage.states import JobState
 
 
@@ -16,12 +18,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite hands back naive values; they are UTC)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def new_job_id() -> str:
     """32 hex characters: short enough for a button's custom_id, unguessable, unique across databases."""
     return uuid.uuid4().hex
 
 
-class JobKind:
+class JobKind(StrEnum):
     """What a job does; stored as text so new kinds need no migration."""
 
     IMAGINE = "imagine"  # a 2x2 grid from a prompt
@@ -32,7 +39,12 @@ class JobKind:
     OUTPAINT = "outpaint"  # Zoom Out 2x/1.5x, Make Square, pans: the canvas grows around a single image
     # Vary (Subtle/Strong) of a single image is a VARIATION whose operation is vary_subtle/vary_strong
 
-    ALL = frozenset({IMAGINE, UPSCALE, VARIATION, REROLL, ENHANCE, OUTPAINT})
+
+class Mode(StrEnum):
+    """A job's speed: fast jobs are charged against the quota, relax jobs run when the GPU is free."""
+
+    FAST = "fast"
+    RELAX = "relax"
 
 
 class User(SQLModel, table=True):
@@ -41,7 +53,7 @@ class User(SQLModel, table=True):
     id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     name: str = ""
     tier: str | None = None  # None: the configured default tier
-    mode: str = "fast"  # default speed for new jobs: "fast" or "relax"
+    mode: str = Mode.FAST  # default speed for new jobs
     banned: bool = False
     ban_reason: str | None = None
     blocked_until: datetime | None = None  # a timed block after repeated moderation hits
@@ -72,7 +84,7 @@ class ModerationHit(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow, index=True)
 
 
-class LedgerKind:
+class LedgerKind(StrEnum):
     """Entries of the quota ledger. A user's fast time used in a period is the sum of ``seconds``."""
 
     RESERVE = "reserve"  # +estimate when a fast job is accepted
@@ -131,12 +143,12 @@ class Job(SQLModel, table=True):
     # what
     prompt: str = ""
     negative_prompt: str = ""
-    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    params: JobParams = Field(default_factory=JobParams, sa_column=Column(JobParamsColumn, nullable=False))
     parent_job_id: str | None = Field(default=None, foreign_key="jobs.id", max_length=32)
     parent_index: int | None = None  # which tile of the parent (0-based)
 
-    # how: ``operation`` is an engine.base.Operation value; ``params`` may carry the engine knobs
-    # (guidance, strength, tile, model, engine_prompt, engine_negative) set when the job was made
+    # how: ``operation`` is an engine.base.Operation value; ``params`` carries the other engine knobs
+    # (guidance, strength, tile, model, engine_prompt, ...) set when the job was made
     operation: str = "txt2img"
     engine: str | None = None
     model: str | None = None
@@ -145,7 +157,7 @@ class Job(SQLModel, table=True):
     steps: int = 0
     seed: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
 
-    mode: str = "fast"  # "fast" (charged against the quota) or "relax"
+    mode: str = Mode.FAST  # charged against the quota (fast) or not (relax)
     tier: str = ""  # the user's tier when the job was accepted
     priority: int = 0  # the tier's priority (higher runs first)
     estimate_seconds: float = 0.0  # engine seconds reserved when accepted (fast jobs)

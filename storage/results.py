@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from storage.db import Database
-from storage.models import Favourite, Job
+from storage.models import Favourite, Job, as_utc
 from storage.states import TERMINAL_STATES, JobState
 
 
@@ -44,7 +44,7 @@ class ResultRepository:
                 continue
             if prompt is not None and job.prompt != prompt:
                 continue
-            created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=since.tzinfo)
+            created = as_utc(job.created_at)
             if job.state not in TERMINAL_STATES or (job.state == JobState.SUCCEEDED and created >= since):
                 return job
         return None

@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
-from engine.base import MAX_SEED, Engine, GenerationRequest, Operation
+from engine.base import MAX_SEED, MAX_STEPS, Engine, GenerationRequest, Operation
 from engine.chaos import MAX_CHAOS
 from engine.server.jobs import JobManager, ServerJob
 
@@ -44,7 +44,6 @@ CONFIG = web.AppKey("config", dict)
 
 MAX_PROMPT_CHARS = 8000
 MAX_SIDE = 2048
-MAX_STEPS = 150
 MAX_N = 16
 MAX_PROMPT_PARTS = 16
 MAX_INIT_PIXELS = 4096 * 4096

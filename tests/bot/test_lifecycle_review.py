@@ -58,7 +58,7 @@ async def test_a_job_under_the_attempt_cap_is_run_again(parts):
     jobs, presenter = service(parts)
     job = await _crashed_while_running(jobs, runs=2)
     await jobs.recover()
-    (done,) = await run_until_done(jobs, [job.id])
+    (done,) = await run_until_done(jobs, [job.id], timeout=180)
     assert done.state == JobState.SUCCEEDED and done.attempts == 2
 
 
@@ -75,7 +75,7 @@ async def test_a_cancel_landing_as_the_job_starts_is_not_lost(parts):
         return row
 
     jobs.repo.transition = transition_then_cancel
-    (done,) = await run_until_done(jobs, [job.id])
+    (done,) = await run_until_done(jobs, [job.id], timeout=180)
     assert done.state == JobState.CANCELED
     assert presenter.of(job.id, "succeeded") == [] and presenter.of(job.id, "failed") == ["Canceled."]
     kinds = [e.kind for e in await jobs.quotas.ledger.entries(job_id=job.id)]
@@ -94,7 +94,7 @@ async def test_a_database_error_on_the_processing_transition_fails_the_job_at_on
         return await transition(job_id, target, **kwargs)
 
     jobs.repo.transition = failing_transition
-    (done,) = await run_until_done(jobs, [job.id])
+    (done,) = await run_until_done(jobs, [job.id], timeout=180)
     assert done.state == JobState.FAILED and done.error == CRASHED_REASON
     assert presenter.of(job.id, "failed") == [CRASHED_REASON]
     assert sum(e.seconds for e in await jobs.quotas.ledger.entries(job_id=job.id)) == 0
@@ -109,7 +109,7 @@ async def test_a_storage_error_fails_the_job_at_once(parts):
         raise OSError(28, "No space left on device")
 
     jobs.store.put_image = disk_full
-    (done,) = await run_until_done(jobs, [job.id])
+    (done,) = await run_until_done(jobs, [job.id], timeout=180)
     assert done.state == JobState.FAILED and done.error == CRASHED_REASON
     assert presenter.of(job.id, "succeeded") == [] and presenter.of(job.id, "failed") == [CRASHED_REASON]
     assert sum(e.seconds for e in await jobs.quotas.ledger.entries(job_id=job.id)) == 0
@@ -134,7 +134,7 @@ async def test_a_job_timed_out_while_storing_posts_nothing(parts):
         return await put_image(image)
 
     jobs.store.put_image = slow_put
-    (done,) = await run_until_done(jobs, [job.id])
+    (done,) = await run_until_done(jobs, [job.id], timeout=180)
     assert timed_out == [job.id]
     assert done.state == JobState.TIMED_OUT
     assert presenter.of(job.id, "succeeded") == []
@@ -162,12 +162,12 @@ async def test_the_time_limit_does_not_end_a_job_whose_result_is_being_posted(pa
     job = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox"))
     jobs.scheduler.start(1, jobs.run)
     try:
-        await asyncio.wait_for(presenter.posting.wait(), 30)
+        await asyncio.wait_for(presenter.posting.wait(), 180)
         row = await jobs.repo.get(job.id)
         assert row.state == JobState.STORING
         assert await jobs.enforce_timeouts(_later(row, jobs.timeouts.storing + 1)) == []
         presenter.gate.set()
-        (done,) = await run_until_done(jobs, [job.id])
+        (done,) = await run_until_done(jobs, [job.id], timeout=180)
     finally:
         await jobs.scheduler.stop()
     assert done.state == JobState.SUCCEEDED
@@ -212,11 +212,11 @@ async def test_a_late_progress_update_never_follows_timed_out(parts):
     job = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox"))
     jobs.scheduler.start(1, jobs.run)
     try:
-        await asyncio.wait_for(engine.running.wait(), 30)
+        await asyncio.wait_for(engine.running.wait(), 180)
         row = await jobs.repo.get(job.id)
         assert await jobs.enforce_timeouts(_later(row, jobs.timeouts.processing + 1)) == [job.id]
         engine.release.set()
-        (done,) = await run_until_done(jobs, [job.id])
+        (done,) = await run_until_done(jobs, [job.id], timeout=180)
     finally:
         await jobs.scheduler.stop()
     assert done.state == JobState.TIMED_OUT

@@ -95,7 +95,7 @@ async def test_fast_time_used_up_refuses_or_falls_back_to_relax(parts):
 
     jobs, _ = service(parts, tiers=tiers_with(fast_seconds=0.0001, relax=True))
     job = await jobs.submit_imagine(10, acknowledge, parse_prompt("fox"))
-    assert job.mode == "relax" and job.estimate_seconds == 0 and "relax" in job.params["note"]
+    assert job.mode == "relax" and job.estimate_seconds == 0 and "relax" in (job.params.note or "")
     (done,) = await run_until_done(jobs, [job.id])
     assert done.state == JobState.SUCCEEDED and await ledger_kinds(jobs, job.id) == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bot.prompt import parse_prompt
 from storage.models import JobKind
+from storage.params import JobParams
 from storage.states import JobState
 from tests.bot.support import acknowledge, run_until_done, service
 
@@ -12,7 +13,7 @@ from tests.bot.support import acknowledge, run_until_done, service
 async def test_stop_reaches_the_engine(parts):
     jobs, presenter = service(parts)
     job = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox --seed 9 --stop 50"))
-    assert job.params["stop"] == 0.5
+    assert job.params.stop == 0.5
     assert (await jobs._request_for(job)).stop == 0.5
     (done,) = await run_until_done(jobs, [job.id])
     assert done.state == JobState.SUCCEEDED
@@ -22,23 +23,24 @@ async def test_stop_reaches_the_engine(parts):
 async def test_no_stop_is_a_full_run(parts):
     jobs, _ = service(parts)
     job = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox --seed 9"))
-    assert job.params["stop"] == 1.0
+    assert job.params.stop == 1.0
     request = await jobs._request_for(job)
     assert request.stop == 1.0
-    job.params = {k: v for k, v in job.params.items() if k != "stop"}  # a job saved before --stop existed
+    job.params = JobParams.model_validate({"display": "a fox"})  # a row saved before --stop existed
     assert (await jobs._request_for(job)).stop == 1.0
 
 
 async def test_weights_and_chaos_reach_the_engine(parts):
     jobs, _ = service(parts)
     job = await jobs.submit_imagine(10, acknowledge, parse_prompt("castle::2 fog::-0.5 --chaos 40 --no rain"))
-    assert job.params["chaos"] == 40 and job.params["prompt_parts"] == [["castle", 2.0], ["fog", -0.5]]
+    assert job.params.chaos == 40 and job.params.prompt_parts == (("castle", 2.0), ("fog", -0.5))
     request = await jobs._request_for(job)
     assert request.chaos == 40 and request.prompt_parts == (("castle", 2.0), ("fog", -0.5))
     assert request.prompt == "castle" and request.negative_prompt == "rain"  # fog is a weight, not a --no
 
     plain = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox --no rain"))
-    assert "chaos" not in plain.params and "prompt_parts" not in plain.params
+    assert plain.params.chaos is None and plain.params.prompt_parts == ()
+    assert "chaos" not in plain.params.stored() and "prompt_parts" not in plain.params.stored()
     request = await jobs._request_for(plain)
     assert (request.chaos, request.prompt_parts, request.negative_prompt) == (0, (), "rain")
 
@@ -46,7 +48,9 @@ async def test_weights_and_chaos_reach_the_engine(parts):
 async def test_a_job_saved_before_weights_keeps_its_plain_reading(parts):
     jobs, _ = service(parts)
     job = await jobs.submit_imagine(10, acknowledge, parse_prompt("castle::2 fog::-0.5 --no rain"))
-    job.params = {k: v for k, v in job.params.items() if k != "prompt_parts"}
+    job.params = JobParams.model_validate(
+        {k: v for k, v in job.params.stored().items() if k != "prompt_parts"}
+    )
     request = await jobs._request_for(job)
     assert (request.prompt, request.negative_prompt, request.prompt_parts) == ("castle", "rain, fog", ())
 

@@ -41,10 +41,10 @@ async def test_parameters_reach_the_job_and_the_message(emu, tiny_model_dir, tmp
         )
         (job,) = await jobs_of(runner.bot)
         assert job.steps == 2  # --q .5 of MODEL_STEPS=4
-        assert job.params["guidance"] == pytest.approx(3.0)  # --s 1000
-        assert job.params["tile"] is True
-        assert job.params["engine_prompt"] == "castle" and "fog" in job.params["engine_negative"]
-        assert "rain" in job.params["engine_negative"]
+        assert job.params.guidance == pytest.approx(3.0)  # --s 1000
+        assert job.params.tile is True
+        assert job.params.engine_prompt == "castle" and "fog" in (job.params.engine_negative or "")
+        assert "rain" in (job.params.engine_negative or "")
         request = await runner.bot.jobs._request_for(job)  # what the engine was asked for
         assert request.prompt_parts == (("castle", 2.0), ("fog", -0.5)) and request.negative_prompt == "rain"
         assert request.chaos == 30 and "--chaos 30" in grid.content
@@ -114,8 +114,8 @@ async def test_settings_and_suffix_apply_under_the_prompt(emu, tiny_model_dir, t
         await imagine_and_wait(emu, "a boat")
         await imagine_and_wait(emu, "a boat --ar 1:1 --s 1000")
         first, second = sorted(await jobs_of(runner.bot), key=lambda job: job.created_at)
-        assert (first.width, first.height) == (80, 56) and first.params["guidance"] == pytest.approx(11.0)
-        assert (second.width, second.height) == (64, 64) and second.params["guidance"] == pytest.approx(3.0)
+        assert (first.width, first.height) == (80, 56) and first.params.guidance == pytest.approx(11.0)
+        assert (second.width, second.height) == (64, 64) and second.params.guidance == pytest.approx(3.0)
         assert "not valid" in await command(emu, "prefer suffix", {"text": "--seed banana"})
     emu.assert_clean()
 
@@ -150,8 +150,8 @@ async def test_an_attached_image_is_an_image_prompt(emu, tiny_model_dir, tmp_pat
             emu, "make it blue --iw 2", attachments={"image": ("in.png", png_bytes())}
         )
         (job,) = await jobs_of(runner.bot)
-        assert job.operation == "img2img" and job.params["init_image_key"]
-        assert job.params["strength"] < 0.6  # --iw 2 keeps more of the image than the default
+        assert job.operation == "img2img" and job.params.init_image_key
+        assert (job.params.strength or 1.0) < 0.6  # --iw 2 keeps more of the image than the default
         assert grid.attachments
 
         ix = await emu.invoke_slash(

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bot.image_links import LINKS_OFF
+from bot.intake import LINKS_OFF
 from bot.moderation import moderation_message
 from cogs.imagine import ALREADY_ANSWERED
 from storage.states import JobState
@@ -67,7 +67,7 @@ async def test_the_watchdog_leaves_alone_a_job_whose_result_was_just_posted(emu,
         presenter.move_aging_messages = counted_move
         bot.scheduler.resume()
         await emu.wait_for(
-            lambda: len(rounds_after) >= 2, timeout=60, what="two watchdog rounds after the result"
+            lambda: len(rounds_after) >= 2, timeout=180, what="two watchdog rounds after the result"
         )
 
         assert stale_rounds == [1] and rounds_after[0] == 0

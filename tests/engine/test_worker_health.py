@@ -31,14 +31,14 @@ async def test_a_dead_worker_fails_its_jobs_and_is_restarted(tiny_model_dir, mon
         monkeypatch.setattr(engine, "_run_batch", die_once_another_job_waits)
         running = asyncio.ensure_future(engine.generate(small_request(n=1, steps=1)))
         waiting = asyncio.ensure_future(engine.generate(small_request(n=1, steps=1, seed=7)))
-        results = await asyncio.wait_for(asyncio.gather(running, waiting, return_exceptions=True), 30)
+        results = await asyncio.wait_for(asyncio.gather(running, waiting, return_exceptions=True), 180)
         for outcome in results:
             assert isinstance(outcome, EngineError) and str(outcome) == WORKER_DIED
         first_worker.join(10)
         assert not first_worker.is_alive()
 
         monkeypatch.setattr(engine, "_run_batch", run_batch)
-        images = await asyncio.wait_for(engine.generate(small_request(n=1, steps=1)), 30)
+        images = await asyncio.wait_for(engine.generate(small_request(n=1, steps=1)), 180)
         assert len(images) == 1
         assert engine._worker is not None and engine._worker is not first_worker and engine._worker.is_alive()
     finally:

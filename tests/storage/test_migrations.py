@@ -20,6 +20,7 @@ from storage.db import Database
 from storage.jobs import JobRepository
 from storage.ledger import LedgerRepository
 from storage.models import Job, LedgerEntry, LedgerKind
+from storage.params import JobParams
 from storage.states import JobState
 from storage.users import UserRepository
 
@@ -94,7 +95,7 @@ async def test_a_create_all_database_is_stamped_upgraded_and_keeps_its_data(tmp_
         assert (job.state, job.prompt, job.params, job.seed) == (
             JobState.SUCCEEDED,
             "a red fox",
-            {"display": "a red fox"},
+            JobParams(display="a red fox"),  # an old row's plain dict, read as JobParams
             42,
         )
         assert [t.to_state for t in await jobs.transitions(job.id)] == [JobState.DRAFT]

@@ -7,6 +7,7 @@ from storage.db import Database
 from storage.images import ImageNotFound, LocalImageStore
 from storage.jobs import JobNotFound, JobRepository, StoredImage
 from storage.models import Job
+from storage.params import JobParams
 from storage.states import InvalidTransition, JobState
 
 
@@ -31,7 +32,7 @@ async def test_transitions_are_persisted_with_history(repo, tmp_path):
         history = await JobRepository(other).transitions(job.id)
     finally:
         await other.close()
-    assert again.state == JobState.QUEUED and again.params == {"display": "fox"}
+    assert again.state == JobState.QUEUED and again.params == JobParams(display="fox")
     assert [(t.from_state, t.to_state, t.attempt) for t in history] == [
         (None, JobState.DRAFT, 0),
         (JobState.DRAFT, JobState.SUBMITTED, 0),

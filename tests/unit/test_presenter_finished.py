@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from cogs.presenter import DiscordPresenter
 from engine.base import ProgressUpdate
 from storage.models import Job
+from storage.params import JobParams
 
 
 async def test_progress_after_the_failure_is_dropped_and_starts_no_sender():
@@ -17,7 +18,7 @@ async def test_progress_after_the_failure_is_dropped_and_starts_no_sender():
         edits.append((stage.name, content))
 
     presenter._edit = record_edit  # the Discord side is not under test here
-    job = Job(user_id=1, prompt="a fox", params={"display": "a fox"})
+    job = Job(user_id=1, prompt="a fox", params=JobParams(display="a fox"))
     await presenter.failed(job, "Timed out: it spent more than 15m 00s generating.")
     presenter.progress(job, ProgressUpdate(step=2, total=4))  # late, from the engine's last step
 

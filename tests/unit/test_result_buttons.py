@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from cogs.buttons import ACTIONS, JobButton, RemixSubmit, action_of, remix_custom_id, result_view
+from bot.results import BUTTON_ACTIONS as ACTIONS
+from bot.results import action_of
+from cogs.rendering import JobButton, RemixSubmit, remix_custom_id, result_view
 from engine.base import Operation
 from storage.models import Job, JobKind
 
