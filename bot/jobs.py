@@ -27,7 +27,7 @@ from bot.fair_queue import QueueEntry
 from bot.job_params import params_for_prompt, remixed_params
 from bot.moderator import SYSTEM_ACTOR
 from bot.prompt import ParsedPrompt, steps_for_quality, strength_for_image_weight
-from bot.quotas import Admission, QuotaService, format_duration
+from bot.quotas import Admission, AdmissionRefused, QuotaService, format_duration
 from bot.scheduler import Scheduler
 from engine.base import (
     MAX_SEED,
@@ -41,6 +41,8 @@ from engine.base import (
     Operation,
     ProgressUpdate,
     engine_seconds_of,
+    supported_operations,
+    unsupported_message,
 )
 from engine.geometry import output_size
 from engine.seeds import tile_seeds
@@ -334,6 +336,9 @@ class JobService:
         self, job: Job, acknowledge: Acknowledge, user_name: str = "", mode: str | None = None
     ) -> Job:
         job.model = self.defaults.model
+        operation = Operation(job.operation)
+        if job.kind != JobKind.UPSCALE and operation not in supported_operations(self.engine):
+            raise AdmissionRefused(unsupported_message(operation))  # before anything is saved or charged
         lock = self.quotas.lock(job.user_id)
         deadline = Deadline(ADMISSION_TIMEOUT)  # waiting for the lock counts too
         async with asyncio.timeout(deadline.left()):  # cancelling a lock's waiter is safe

@@ -47,7 +47,18 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     engine: str = Field(
         default="local",
-        description="'local', or comma-separated engine server URLs http(s)://TOKEN@host:port (see bot/engines.py).",
+        description="'local', engine server URLs http(s)://TOKEN@host:port, a1111+…, comfyui+…, replicate+… "
+        "(comma-separated; see bot/engines.py).",
+    )
+    comfyui_workflows: str = Field(
+        default="",
+        description="ComfyUI backends: a folder of API-format workflow files (txt2img.json, img2img.json, "
+        "upscale.json, inpaint.json) with {{placeholders}}; empty = the bundled txt2img/img2img (engine/adapters).",
+    )
+    replicate_inputs: str = Field(
+        default="",
+        description="Predictions-API backends: a TOML file mapping our fields to the model's input names; "
+        "empty = the bundled engine/adapters/replicate_inputs.toml.",
     )
     engine_batch_max: int = Field(
         default=1, ge=1, le=64, description="Local engine: jobs per denoising call."

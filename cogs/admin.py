@@ -238,13 +238,17 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Manage 
 
 
 def _engine_line(status: Any) -> str:
-    values = vars(status)
-    shown = ", ".join(
-        f"{key} {value}"
-        for key, value in values.items()
-        if key not in ("recent",) and value not in (None, "")
-    )
-    return f"• {shown}"[:300]
+    """One pool engine: name (kind), health and rotation, load/slots, jobs done and failed, recent speed."""
+    health = "healthy" if status.healthy else "unhealthy"
+    if not status.in_rotation:
+        health += ", out of rotation"
+    speed = f", {status.seconds_per_image:.2f} s/image" if status.seconds_per_image is not None else ""
+    failed = f", {status.total_failures} failed" if status.total_failures else ""
+    error = f" — last error: {status.last_error}" if status.last_error and not status.healthy else ""
+    return (
+        f"• {status.name} ({getattr(status, 'kind', 'local')}): {health}, load {status.load}/{status.slots}, "
+        f"{status.done} done{failed}{speed}{error}"
+    )[:300]
 
 
 def _percentiles(values: list[float]) -> str:

@@ -182,6 +182,25 @@ class EngineUnavailable(EngineError):
     """The engine could not be reached or lost the job; the same request may be retried on another engine."""
 
 
+ALL_OPERATIONS = frozenset(Operation)
+
+
+class EngineUnsupported(EngineError):
+    """No engine here can do the request's operation (a backend that cannot inpaint, say); never retried."""
+
+
+def supported_operations(engine: object) -> frozenset[Operation]:
+    """What ``engine`` can do: its ``operations`` attribute when it has one, else everything (our own engines)."""
+    operations = getattr(engine, "operations", None)
+    return ALL_OPERATIONS if operations is None else frozenset(operations)
+
+
+def unsupported_message(operation: Operation) -> str:
+    """The short answer a user gets when no configured engine can do ``operation``."""
+    label = operation.value.replace("_", " ")
+    return f"The image backend configured here cannot do {label}; nothing was queued or charged."
+
+
 @runtime_checkable
 class Engine(Protocol):
     """An image generator with a fixed number of concurrent slots."""

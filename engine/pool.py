@@ -8,6 +8,10 @@ counting as a failure of the engine. An engine that fails ``max_failures`` times
 check fails right after a failure, is taken out of rotation; a background check every ``health_interval``
 seconds puts it back once its ``health()`` passes. ``status()`` reports each engine's health, load and
 recent speed.
+
+Engines may do different operations (``supported_operations``: a ComfyUI backend without an inpainting
+workflow cannot Zoom Out): a request goes only to an engine that can do it, and a request no engine of the
+pool can do raises ``EngineUnsupported`` at once (the bot refuses such a job before it is charged).
 """
 
 from __future__ import annotations
@@ -25,8 +29,12 @@ from engine.base import (
     Engine,
     EngineError,
     EngineUnavailable,
+    EngineUnsupported,
     GenerationRequest,
+    Operation,
     ProgressCallback,
+    supported_operations,
+    unsupported_message,
 )
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class EngineStatus:
     name: str
+    kind: str = "local"  # local, remote, a1111, comfyui, replicate
     healthy: bool = True
     in_rotation: bool = True
     load: int = 0  # jobs in flight
@@ -64,13 +73,20 @@ class EnginePool:
         self.max_failures = max_failures
         self.health_interval = health_interval
         self.wait_for_engine = wait_for_engine
-        self._status = {id(e): EngineStatus(name=e.name, slots=e.slots) for e in self.engines}
+        self._status = {
+            id(e): EngineStatus(name=e.name, kind=engine_kind(e), slots=e.slots) for e in self.engines
+        }
         self._health_task: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
 
     @property
     def slots(self) -> int:
         return sum(max(1, e.slots) for e in self.engines)
+
+    @property
+    def operations(self) -> frozenset[Operation]:
+        """What at least one engine of the pool can do."""
+        return frozenset().union(*(supported_operations(e) for e in self.engines))
 
     async def start(self) -> None:
         """Start every engine; ones that fail start out of rotation (the health check brings them back)."""
@@ -107,10 +123,12 @@ class EnginePool:
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> list[Image.Image]:
+        if request.operation not in self.operations:
+            raise EngineUnsupported(unsupported_message(request.operation))
         tried: list[Engine] = []
         last_error: EngineError | None = None
         for _ in range(len(self.engines) + 2):
-            engine = await self._pick(tried)
+            engine = await self._pick(tried, request.operation)
             if engine is None:
                 break
             status = self._status[id(engine)]
@@ -140,12 +158,13 @@ class EnginePool:
 
     # -- dispatch and health --------------------------------------------------------------------------
 
-    async def _pick(self, tried: list[Engine]) -> Engine | None:
+    async def _pick(self, tried: list[Engine], operation: Operation) -> Engine | None:
         deadline = time.monotonic() + self.wait_for_engine
+        able = [e for e in self.engines if operation in supported_operations(e)]
         while True:
-            candidates = [e for e in self.engines if self._status[id(e)].in_rotation and e not in tried]
+            candidates = [e for e in able if self._status[id(e)].in_rotation and e not in tried]
             if not candidates:  # every engine in rotation was tried: allow a second try on them
-                candidates = [e for e in self.engines if self._status[id(e)].in_rotation]
+                candidates = [e for e in able if self._status[id(e)].in_rotation]
             if candidates:
                 return min(
                     candidates,
@@ -213,6 +232,14 @@ class EnginePool:
             elif not healthy and status.in_rotation:
                 status.in_rotation = False
                 log.warning("engine %s failed its health check; out of rotation", engine.name)
+
+
+def engine_kind(engine: Engine) -> str:
+    """``local``, ``remote`` (our engine server) or the adapter's ``kind`` (a1111, comfyui, replicate)."""
+    kind = getattr(engine, "kind", None)
+    if isinstance(kind, str):
+        return kind
+    return "remote" if hasattr(engine, "url") else "local"
 
 
 async def _health(engine: Engine) -> bool:

@@ -41,3 +41,39 @@ def test_build_engine():
     assert isinstance(pool, EnginePool) and len(pool.engines) == 2
     with pytest.raises(EngineError, match="neither"):
         build_engine(S("nonsense"))
+
+
+def test_parse_third_party_backends():
+    a1111, comfy, hosted, pinned = parse_engine_setting(
+        "a1111+http://ada:p%40ss@gpu4:7860?sampler=Euler%20a&poll=0.2, comfyui+https://gpu5:8188/,"
+        "replicate+https://r8_tok@api.replicate.com/stability-ai/sdxl,"
+        "replicate+https://r8_tok@api.replicate.com/stability-ai/sdxl:7762fd07"
+    )
+    assert a1111 == EngineSpec(
+        "a1111", "http://gpu4:7860", "p@ss", "ada", options=(("sampler", "Euler a"), ("poll", "0.2"))
+    )
+    assert comfy == EngineSpec("comfyui", "https://gpu5:8188")
+    assert hosted == EngineSpec("replicate", "https://api.replicate.com", "r8_tok", model="stability-ai/sdxl")
+    assert pinned.version == "7762fd07" and pinned.model == "stability-ai/sdxl"
+    assert "p@ss" not in repr(a1111) and "r8_tok" not in repr(hosted)
+    for bad in ("a1111+gpu4:7860", "replicate+https://t@api.replicate.com/sdxl", "comfyui+ftp://x"):
+        with pytest.raises(ValueError) as error:
+            parse_engine_setting(bad)
+        assert "t@" not in str(error.value)
+
+
+def test_build_engine_mixes_kinds_in_one_pool(tmp_path):
+    from engine.base import ALL_OPERATIONS, Operation
+    from engine.pool import EnginePool
+
+    settings = S("a1111+http://u:p@h:1,comfyui+http://h:2,replicate+http://t@h:3/o/m")
+    pool = build_engine(settings)
+    assert isinstance(pool, EnginePool)
+    assert [s.kind for s in pool.status()] == ["a1111", "comfyui", "replicate"]
+    assert pool.operations == ALL_OPERATIONS
+    comfy_only = build_engine(S("comfyui+http://h:2"))
+    assert isinstance(comfy_only, EnginePool)  # alone, still health-checked and reported
+    assert Operation.ZOOM_OUT_2X not in comfy_only.operations
+    bad = S("a1111+http://h:1?poll=soon")
+    with pytest.raises(EngineError, match="a bad option"):
+        build_engine(bad)
