@@ -54,8 +54,8 @@ async def test_the_watchdog_leaves_alone_a_job_whose_result_was_just_posted(emu,
             return rows
 
         bot.jobs.repo.unfinished = slow_round
-        presenter = bot.jobs.presenter
-        move = presenter.move_aging_messages
+        move = bot.message_mover  # what the watchdog calls each round (the presenter's mover)
+        assert move is not None
         rounds_after: list[int] = []
 
         async def counted_move():
@@ -64,7 +64,7 @@ async def test_the_watchdog_leaves_alone_a_job_whose_result_was_just_posted(emu,
                 rounds_after.append(moved)
             return moved
 
-        presenter.move_aging_messages = counted_move
+        bot.message_mover = counted_move
         bot.scheduler.resume()
         await emu.wait_for(
             lambda: len(rounds_after) >= 2, timeout=180, what="two watchdog rounds after the result"
