@@ -145,6 +145,7 @@ class ImagineBot(commands.Bot):
                 processing=self.settings.processing_timeout,
                 storing=self.settings.storing_timeout,
             ),
+            max_attempts=self.settings.max_attempts,
         )
         self.results = ResultService(ResultRepository(self.database), job_repository, store, now=self.now)
         self.stats = StatsRepository(self.database)

@@ -8,7 +8,8 @@ to all of them. The steps, in the order their answers take precedence:
 2. ``{a, b}`` permutations and ``--repeat`` (at most ``MAX_JOBS_PER_PROMPT`` jobs);
 3. parsing (``bot/prompt.py``), with the engine's model aliases for ``--model``;
 4. moderation (banned words, with blocks after repeated hits: ``bot/moderator.py``);
-5. the image policy: links only when ``IMAGE_URLS`` is on, at most ``MAX_IMAGE_PROMPTS`` images a job;
+5. the image policy, on every expanded prompt: links only when ``IMAGE_URLS`` is on, at most
+   ``MAX_IMAGE_PROMPTS`` images a job, the same link in every permutation (links are moderated too);
 6. the user's ``/settings`` defaults (model, stylize, quality, mode) — not for Remix.
 
 The tier's limits on size, steps, queue and fast time are checked when the job is admitted
@@ -36,6 +37,10 @@ MAX_IMAGE_PROMPTS = 1
 """Images one job can start from (an attachment or a link): the engines take one init image."""
 
 LINKS_OFF = "Image links are turned off on this server: attach the image to /imagine instead."
+SAME_LINK = (
+    "Every variant of a {a, b} prompt must start with the same image link (or none of them): "
+    "the jobs of one /imagine share one image prompt."
+)
 
 
 class IntakeRefused(Exception):
@@ -94,7 +99,8 @@ class Intake:
         return parsed
 
     async def _moderate(self, user: User, prompts: list[ParsedPrompt]) -> None:
-        texts = [text for parsed in prompts for text in (parsed.text, parsed.negative)]
+        # links too: they are shown in the job's public message like the rest of the prompt
+        texts = [text for parsed in prompts for text in (parsed.text, parsed.negative, *parsed.image_urls)]
         refusal = await self.moderator.check(user.id, *texts)
         if refusal:
             raise IntakeRefused(refusal)
@@ -110,6 +116,10 @@ class Intake:
                     f"({_count(len(parsed.image_urls), 'link')}, {_count(attachments, 'attachment')}). "
                     "Keep one, or run one /imagine per image."
                 )
+        # the jobs of one /imagine all start from the first job's image: a link only some variants (or
+        # another link) name would be shown but never fetched
+        if len({parsed.image_urls for parsed in prompts}) > 1:
+            raise IntakeRefused(SAME_LINK)
 
 
 def prompt_defaults(user: User) -> PromptDefaults:

@@ -14,6 +14,7 @@ import logging
 import random
 import statistics
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from PIL import Image
 from bot.deadline import Deadline
 from bot.fair_queue import QueueEntry
 from bot.job_params import params_for_prompt, remixed_params
+from bot.moderator import SYSTEM_ACTOR
 from bot.prompt import ParsedPrompt, steps_for_quality, strength_for_image_weight
 from bot.quotas import Admission, AdmissionRefused, QuotaService, format_duration
 from bot.scheduler import Scheduler
@@ -46,6 +48,7 @@ from engine.base import (
 from engine.geometry import output_size
 from engine.seeds import tile_seeds
 from engine.sizes import size_for_aspect
+from storage.audit import AuditRepository
 from storage.image_store import ImageStore, ImageStoreError
 from storage.images import ImageNotFound, encode_png
 from storage.jobs import JobRepository, ResultFacts, StoredImage
@@ -70,6 +73,9 @@ STORE_FAILED_REASON = (
 )
 """What the user sees when the image store refused every attempt to upload a result."""
 
+CRASHED_REASON = "Something went wrong while running this job. Nothing was charged; try again."
+"""What the user sees when a job failed outside the engine (a database or storage error)."""
+
 FLAGGED_REASON = "🚫 The safety filter flagged this result, so it was not posted. Nothing was charged."
 """What the user sees when the engine's safety checker refused a job (the job ends FAILED: no charge)."""
 
@@ -90,6 +96,10 @@ CHILD_OPERATIONS: dict[str, frozenset[Operation]] = {
 _NOT_INHERITED = frozenset({"note", "init_image_key", "strength", "n", "reply_to", "remixed", "mark_message"})
 """Parent params that describe the parent only (its queue note, its image prompt, its img2img knobs)."""
 _NOT_INHERITED_BY_REROLL = frozenset({"note", "n", "reply_to", "remixed", "mark_message"})
+
+MAX_ATTEMPTS = 3
+"""Runs a job gets before it is given up: a job that took the process down this often (a CUDA fault, the
+kernel's out-of-memory killer) ends FAILED at the next start instead of taking the bot down again."""
 
 ADMISSION_TIMEOUT = 1.5
 """Seconds admission may take before the interaction must be answered (Discord allows 3)."""
@@ -163,8 +173,10 @@ class JobService:
         *,
         timeouts: Timeouts | None = None,
         rng: random.Random | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self.timeouts = timeouts or Timeouts()
+        self.max_attempts = max(1, max_attempts)
         self.repo = repo
         self.quotas = quotas
         self.store = store
@@ -177,6 +189,7 @@ class JobService:
         self._progress_at: dict[str, datetime] = {}
         """When each running job last reported progress (``repo.now``): its processing time limit
         counts from there, so a slow job that keeps moving is never ended; a stuck one still is."""
+        self._end_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._recent_engine_seconds: deque[float] = deque(maxlen=20)
 
     # -- creating jobs -------------------------------------------------------------------------
@@ -196,6 +209,44 @@ class JobService:
         returns where the job's message is). Raises ``AdmissionRefused`` or ``TimeoutError`` before it is
         called: nothing is saved or charged, and the caller can still answer privately.
         """
+        job = self._imagine_job(user_id, parsed, init_image_key)
+        return await self._submit(job, acknowledge, user_name, parsed.mode or mode)
+
+    async def precheck_imagine(
+        self,
+        user_id: int,
+        parsed: ParsedPrompt,
+        user_name: str = "",
+        mode: str | None = None,
+        *,
+        image_prompt: bool = False,
+    ) -> None:
+        """Admission (bans, blocks, tier limits, queue caps, quota) for a grid job not made yet, without
+        saving, charging or acknowledging anything: the caller refuses *before* costly work for the job,
+        such as downloading and decoding its image prompt. ``submit_imagine`` admits again (things may
+        change meanwhile). Raises ``AdmissionRefused`` or ``TimeoutError``."""
+        job = self._imagine_job(user_id, parsed, "" if image_prompt else None, seed=0)
+        job.model = self.defaults.model
+        lock = self.quotas.lock(user_id)
+        deadline = Deadline(ADMISSION_TIMEOUT)
+        async with asyncio.timeout(deadline.left()):
+            await lock.acquire()
+        try:
+            await deadline.wait(self._admission(job, user_name, parsed.mode or mode))
+        finally:
+            lock.release()
+
+    async def discard_input_image(self, key: str) -> bool:
+        """Delete a stored image prompt that no job references (its job was refused after the image was
+        stored); True if it was deleted. An image a job uses is kept as long as that job's row."""
+        if await self.repo.references_image(key):
+            return False
+        await self.store.delete(key)
+        return True
+
+    def _imagine_job(
+        self, user_id: int, parsed: ParsedPrompt, init_image_key: str | None, seed: int | None = None
+    ) -> Job:
         width, height = size_for_aspect(self.defaults.resolution, *parsed.aspect)
         params = params_for_prompt(parsed, base_steps=self.defaults.steps)
         job = Job(
@@ -206,7 +257,7 @@ class JobService:
             width=width,
             height=height,
             steps=parsed.steps or steps_for_quality(parsed.quality, self.defaults.steps),
-            seed=parsed.seed if parsed.seed is not None else self._new_seed(),
+            seed=parsed.seed if parsed.seed is not None else (seed if seed is not None else self._new_seed()),
         )
         if init_image_key is not None:  # an image prompt: img2img from it, --iw sets how much it counts
             job.operation = Operation.IMG2IMG
@@ -214,7 +265,7 @@ class JobService:
                 init_image_key=init_image_key, strength=strength_for_image_weight(parsed.image_weight)
             )
         job.params = params
-        return await self._submit(job, acknowledge, user_name, parsed.mode or mode)
+        return job
 
     async def submit_child(
         self,
@@ -273,7 +324,8 @@ class JobService:
             job.params = job.params.but(strength=VARIATION_STRENGTH)
         if kind == JobKind.UPSCALE and index is not None:
             job.seed = tile_seeds(parent.seed, index + 1)[index]
-        return await self._submit(job, acknowledge, mode=parent.mode)
+        # the clicker's own mode and tier (their /fast or /relax setting), not the parent's
+        return await self._submit(job, acknowledge)
 
     def _apply_remix(self, job: Job, parsed: ParsedPrompt) -> None:
         """Remix mode: the edited prompt replaces the parent's text and the knobs it sets."""
@@ -321,7 +373,10 @@ class JobService:
             job.estimate_seconds = admission.estimate_seconds
             if admission.note:
                 job.params = job.params.but(note=admission.note)
-            job = await self.repo.create(job, ledger=self.quotas.reservation(job))
+            # one moment, from the repository's clock, for the job and its reservation: the reservation,
+            # release and charge then all fall in the quota period the job was accepted in
+            job.created_at = accepted = self.repo.now()
+            job = await self.repo.create(job, ledger=self.quotas.reservation(job), at=accepted)
         finally:
             lock.release()
         job = await self.repo.transition(job.id, JobState.SUBMITTED)
@@ -356,18 +411,43 @@ class JobService:
     # -- running jobs --------------------------------------------------------------------------
 
     async def run(self, job_id: str) -> None:
-        """The scheduler's handler: one job from QUEUED to a terminal state."""
+        """The scheduler's handler: one job from QUEUED to a terminal state.
+
+        Any unexpected error on the way (a database error on a transition, a failure storing or posting
+        the images) ends the job FAILED at once, so it never sits QUEUED outside the queue or STORING,
+        holding its reservation and a queue slot until a time limit passes.
+        """
+        try:
+            await self._run(job_id)
+        except Exception:
+            log.exception("job %s: crashed outside the engine", job_id)
+            await self._fail_after_crash(job_id)
+        finally:
+            self._cancel_tokens.pop(job_id, None)
+
+    async def _fail_after_crash(self, job_id: str) -> None:
+        try:
+            job = await self.repo.get(job_id)
+            if not JobState(job.state).terminal:
+                await self._finish_unsuccessfully(job, JobState.FAILED, CRASHED_REASON)
+        except Exception:
+            log.exception("job %s: could not be marked failed either", job_id)
+
+    async def _run(self, job_id: str) -> None:
         job = await self.repo.get(job_id)
         if job.state != JobState.QUEUED:
             return  # canceled (or finished by another path) while it waited
+        # the token exists before the job is PROCESSING, so a /cancel landing as it starts is never lost
+        token = self._cancel_tokens.setdefault(job_id, CancelToken())
         try:
             job = await self.repo.transition(job_id, JobState.PROCESSING, engine=self.engine.name)
         except InvalidTransition:
             return  # canceled or timed out a moment ago
-        token = self._cancel_tokens.setdefault(job_id, CancelToken())
         started = time.perf_counter()
         try:
             images = await self._generate(job, token)
+            if token.cancelled:  # jobs without engine work (U) never look at the token themselves
+                raise EngineCancelled("canceled")
         except EngineCancelled:
             await self._finish_unsuccessfully(job, JobState.CANCELED, "Canceled.")
             return
@@ -411,7 +491,8 @@ class JobService:
 
         def on_progress(update: ProgressUpdate) -> None:
             self._progress_at[job.id] = self.repo.now()
-            if self.presenter is not None:
+            # a canceled or timed-out job has ended (or is ending): a late update must not show "(NN%)"
+            if self.presenter is not None and not token.cancelled:
                 self.presenter.progress(job, update)
 
         return await self.engine.generate(request, on_progress, token)
@@ -498,19 +579,32 @@ class JobService:
         return stored
 
     async def _publish(self, job: Job, stored: list[StoredImage]) -> None:
-        try:
-            if self.presenter is not None:
-                await self.presenter.succeeded(job, stored)
-        except Exception:
-            log.exception("job %s: could not post the result", job.id)
-            await self._end(job, JobState.FAILED, "Could not post the result.")
-            return
-        try:
+        """Post the result and end SUCCEEDED, under the job's end lock: a job that ended meanwhile (timed
+        out while storing) posts nothing, and the time limit never ends a job whose result is being posted,
+        so a job ends one way and its message matches the row."""
+        async with self._end_lock(job.id):
+            current = await self.repo.get(job.id)
+            if current.state != JobState.STORING:
+                log.info(
+                    "job %s: ended (%s) before its result was posted; nothing posted", job.id, current.state
+                )
+                return
+            try:
+                if self.presenter is not None:
+                    await self.presenter.succeeded(job, stored)
+            except Exception:
+                log.exception("job %s: could not post the result", job.id)
+                await self._end(job, JobState.FAILED, "Could not post the result.")
+                return
             await self._end(job, JobState.SUCCEEDED)
-        except InvalidTransition:
-            log.warning("job %s: result posted, but the job had already ended", job.id)
-            return
         log.info("job %s: succeeded", job.id)
+
+    def _end_lock(self, job_id: str) -> asyncio.Lock:
+        """Held while a job's result is posted and while the time limit ends it (kept while anyone holds it)."""
+        lock = self._end_locks.get(job_id)
+        if lock is None:
+            lock = self._end_locks[job_id] = asyncio.Lock()
+        return lock
 
     async def _end(self, job: Job, state: JobState, reason: str | None = None) -> Job:
         """The terminal transition, with the quota settlement in the same transaction."""
@@ -553,28 +647,37 @@ class JobService:
     # -- per-state time limits ------------------------------------------------------------------------
 
     async def enforce_timeouts(self, now: datetime) -> list[str]:
-        """End every job that stayed too long in its state as TIMED_OUT; returns their ids."""
+        """End every job that stayed too long in its state as TIMED_OUT; returns their ids.
+
+        The engine's token is canceled *before* the failure is shown, so no late progress update can
+        follow "Timed out". A job whose result is being posted right now is left to finish posting.
+        """
         ended = []
         for job in await self.repo.unfinished():
-            state = JobState(job.state)
-            limit = self.timeouts.limit_for(state)
-            since = as_utc(job.state_since)
-            progress = self._progress_at.get(job.id) if state == JobState.PROCESSING else None
-            if progress is not None:
-                since = max(since, as_utc(progress))
-            if limit is None or (now - since).total_seconds() <= limit:
-                continue
-            self.scheduler.discard(job.id)
-            reason = (
-                f"Timed out: it made no progress for more than {format_duration(limit)} while generating."
-                if progress is not None
-                else f"Timed out: it spent more than {format_duration(limit)} {_PHASE[state]}."
-            )
-            await self._finish_unsuccessfully(job, JobState.TIMED_OUT, reason)
-            token = self._cancel_tokens.get(job.id)
-            if token is not None:
-                token.cancel()  # the engine stops at its next step; the job is already ended
-            ended.append(job.id)
+            lock = self._end_lock(job.id)
+            if lock.locked():
+                continue  # its result is being posted: it ends SUCCEEDED or FAILED by that path
+            async with lock:
+                job = await self.repo.get(job.id)  # the row as it is now, not as the round started
+                state = JobState(job.state)
+                limit = self.timeouts.limit_for(state)
+                since = as_utc(job.state_since)
+                progress = self._progress_at.get(job.id) if state == JobState.PROCESSING else None
+                if progress is not None:
+                    since = max(since, as_utc(progress))
+                if limit is None or (now - since).total_seconds() <= limit:
+                    continue
+                self.scheduler.discard(job.id)
+                token = self._cancel_tokens.get(job.id)
+                if token is not None:
+                    token.cancel()  # first: the engine stops at its next step and its progress is dropped
+                reason = (
+                    f"Timed out: it made no progress for more than {format_duration(limit)} while generating."
+                    if progress is not None
+                    else f"Timed out: it spent more than {format_duration(limit)} {_PHASE[state]}."
+                )
+                await self._finish_unsuccessfully(job, JobState.TIMED_OUT, reason)
+                ended.append(job.id)
         return ended
 
     # -- recovery after a restart --------------------------------------------------------------
@@ -606,8 +709,24 @@ class JobService:
         if state == JobState.QUEUED:
             self._schedule(job)
             return
+        if job.attempts + 1 >= self.max_attempts:
+            await self._give_up(job)
+            return
         job = await self.repo.transition(job.id, JobState.QUEUED, retry=True, note="process restarted")
         self._schedule(job)
+
+    async def _give_up(self, job: Job) -> None:
+        """Past the attempt cap: FAILED (reservation released) with a clear message and an audit line."""
+        runs = job.attempts + 1
+        reason = (
+            f"This job was interrupted {runs} times while it ran (the bot stopped during it), "
+            "so it was not tried again. Nothing was charged."
+        )
+        log.warning("job %s: giving up after %d runs (MAX_ATTEMPTS=%d)", job.id, runs, self.max_attempts)
+        await self._finish_unsuccessfully(job, JobState.FAILED, reason)
+        await AuditRepository(self.repo.database).record(
+            SYSTEM_ACTOR, "job given up", job.id, owner=job.user_id, runs=runs, state=str(job.state)
+        )
 
     async def _present(self, event: str, job: Job, argument: object) -> None:
         if self.presenter is None:

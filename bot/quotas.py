@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bot.tiers import Tier, TierConfig
+from engine.base import TILE_COUNT
 from storage.ledger import LedgerRepository
 from storage.models import Job, LedgerEntry, LedgerKind, Mode, User, as_utc
 from storage.states import JobState
@@ -63,17 +64,24 @@ class CostModel:
         self.smoothing = smoothing
 
     @staticmethod
-    def work(job: Job, images: int = 4) -> float:
-        return job.width * job.height / 1e6 * max(1, job.steps) * images
+    def work(job: Job, images: int | None = None) -> float:
+        """Megapixel-step-images of a job: its output size x steps x the images it makes (``images_of``)."""
+        count = images_of(job) if images is None else images
+        return job.width * job.height / 1e6 * max(1, job.steps) * count
 
-    def estimate(self, job: Job, images: int = 4) -> float:
+    def estimate(self, job: Job, images: int | None = None) -> float:
         """At least a millisecond, so every fast job has a reservation to release."""
         return max(0.001, round(self.rate * self.work(job, images), 3))
 
-    def observe(self, job: Job, seconds: float, images: int = 4) -> None:
+    def observe(self, job: Job, seconds: float, images: int | None = None) -> None:
         work = self.work(job, images)
         if work > 0 and seconds > 0:
             self.rate += self.smoothing * (seconds / work - self.rate)
+
+
+def images_of(job: Job) -> int:
+    """How many images a job's operation makes: ``params["n"]`` (1 for an upscale), else a grid of four."""
+    return max(1, job.params.n or TILE_COUNT)
 
 
 class QuotaService:
@@ -210,9 +218,13 @@ class QuotaService:
         )
 
     async def reset(self, user_id: int, actor_id: int) -> float:
-        """Bring this period's usage back to zero (reservations of running jobs included); returns what was used."""
+        """Bring this period's finished usage back to zero; returns how much was forgiven.
+
+        Reservations of unfinished jobs stay in place: each is released when its job ends (and a success
+        is then charged), so resetting never credits a job twice nor makes an in-flight job free.
+        """
         start = self.tiers.period_start(self.now())
-        used = await self.ledger.used(user_id, start)
+        used = await self.ledger.used(user_id, start) - await self.ledger.open_reservations(user_id, start)
         if used:
             await self.ledger.add(
                 [

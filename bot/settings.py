@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     )
     processing_timeout: float = Field(default=900, gt=0, description="Seconds a job may run on an engine.")
     storing_timeout: float = Field(default=300, gt=0, description="Seconds to store and post a result.")
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Runs a job gets when the bot stops while it runs; past it the job ends FAILED.",
+    )
     progress_edit_interval: float = Field(
         default=1.5, ge=0.2, le=30, description="Seconds between progress edits of one message."
     )

@@ -2,8 +2,11 @@
 
 Everything that can refuse a prompt without the network (syntax, moderation, admission) answers
 privately before the interaction is acknowledged. Image prompts (an attachment, or links when
-IMAGE_URLS is on) are downloaded after a public "thinking…" acknowledgement, because that can take
+IMAGE_URLS is on) are downloaded only once the job is admitted (bans, quota, queue caps, moderation: a
+refused user's image is never fetched), after a public "thinking…" acknowledgement, because that can take
 longer than Discord's 3 seconds; a bad image then edits that message, and nothing is queued or charged.
+Downloads and decodes are bounded per user and bot-wide (``bot.decode_gate``), and an image stored for a
+job that was refused after all is deleted again.
 
 Precedence of parameters: the prompt's own ``--parameters`` > the user's ``/prefer suffix`` (only fills
 parameters the prompt lacks) > the user's ``/settings`` > the server defaults.
@@ -20,21 +23,25 @@ from discord.ext import commands
 from PIL import Image
 
 from bot.app import ImagineBot
+from bot.decode_gate import DecodeBusy, DecodeGate
 from bot.intake import IntakeRefused
 from bot.jobs import Acknowledge, Origin
 from bot.prompt import ParsedPrompt
-from cogs.submitting import answer_privately, submit_job
+from bot.quotas import AdmissionRefused
+from cogs.submitting import BUSY, answer_privately, submit_job
 from engine.safe_fetch import ImageFetchError, fetch_image, load_attachment_image
 from storage.models import Job
 
 log = logging.getLogger(__name__)
 
 CONFIRM_TIMEOUT = 60.0
+ALREADY_ANSWERED = "That question was answered already; nothing more was started."
 
 
 class ImagineCog(commands.Cog):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
+        self.decodes = DecodeGate()
 
     @app_commands.command(name="imagine", description="Create four images from a text prompt")
     @app_commands.describe(
@@ -52,7 +59,7 @@ class ImagineCog(commands.Cog):
             await interaction.response.send_message(str(refusal), ephemeral=True)
             return
         if len(jobs) > bot.settings.permutation_confirm_over:
-            view = ConfirmJobs(self, jobs, image)
+            view = ConfirmJobs(self, jobs, image, interaction)
             await interaction.response.send_message(
                 f"This prompt makes **{len(jobs)} jobs**. Start them all?", view=view, ephemeral=True
             )
@@ -102,6 +109,18 @@ class ImagineCog(commands.Cog):
     async def _start_with_image(
         self, interaction: discord.Interaction, parsed: ParsedPrompt, image: discord.Attachment | None
     ) -> Job | None:
+        """Admit first (nothing is fetched for a refused job), then fetch and decode the image within the
+        decode bounds, then queue; an image stored for a job that was refused after all is deleted."""
+        try:
+            await self.bot.jobs.precheck_imagine(
+                interaction.user.id, parsed, user_name=interaction.user.name, image_prompt=True
+            )
+        except AdmissionRefused as refusal:
+            await answer_privately(interaction, str(refusal))
+            return None
+        except TimeoutError:
+            await answer_privately(interaction, BUSY)
+            return None
         response = await interaction.response.defer(thinking=True)
         origin = Origin(
             channel_id=interaction.channel_id or 0,
@@ -111,18 +130,25 @@ class ImagineCog(commands.Cog):
             message_id=response.message_id if response else None,
         )
         try:
-            picture = await self._load_image(parsed, image)
+            async with self.decodes.slot(interaction.user.id):
+                picture = await self._load_image(parsed, image)
         except ImageFetchError as error:
             await answer_privately(interaction, f"That image could not be used: {error}")
+            return None
+        except DecodeBusy as busy:
+            await answer_privately(interaction, str(busy))
             return None
         key = await self.bot.jobs.store.put_image(picture)
 
         async def already_acknowledged() -> Origin:
             return origin
 
-        return await submit_job(
+        job = await submit_job(
             interaction, lambda _: self._submit(interaction, parsed, already_acknowledged, key)
         )
+        if job is None:  # refused after all (the queue filled meanwhile...): keep no orphan image
+            await self.bot.jobs.discard_input_image(key)
+        return job
 
     async def _load_image(self, parsed: ParsedPrompt, image: discord.Attachment | None) -> Image.Image:
         """The job's one image prompt (``Intake`` refuses more than ``MAX_IMAGE_PROMPTS``)."""
@@ -136,21 +162,53 @@ class ImagineCog(commands.Cog):
 
 
 class ConfirmJobs(discord.ui.View):
-    """Yes/No for a prompt that expands into many jobs (short-lived: not persistent across restarts)."""
+    """Yes/No for a prompt that expands into many jobs (short-lived: not persistent across restarts).
 
-    def __init__(self, cog: ImagineCog, jobs: list[ParsedPrompt], image: discord.Attachment | None) -> None:
+    The first click decides: the jobs start once, and the question's buttons are disabled. A second
+    click that raced the first (a double click) is told so privately; it starts nothing.
+    """
+
+    def __init__(
+        self,
+        cog: ImagineCog,
+        jobs: list[ParsedPrompt],
+        image: discord.Attachment | None,
+        question: discord.Interaction,
+    ) -> None:
         super().__init__(timeout=CONFIRM_TIMEOUT)
-        self.cog, self.jobs, self.image = cog, jobs, image
+        self.cog, self.jobs, self.image, self.question = cog, jobs, image, question
+        self.answered = False
 
     @discord.ui.button(label="Yes, start them", style=discord.ButtonStyle.success)
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        self.stop()
+        if await self._already_answered(interaction):
+            return
         await self.cog.start_jobs(interaction, self.jobs, self.image)
+        await self._disable(f"Starting {len(self.jobs)} jobs.")
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
     async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        if await self._already_answered(interaction):
+            return
         self.stop()
         await interaction.response.edit_message(content="Canceled: nothing was queued.", view=None)
+
+    async def _already_answered(self, interaction: discord.Interaction) -> bool:
+        """True (and the clicker told) if another click decided already; else this click decides."""
+        if self.answered:
+            await interaction.response.send_message(ALREADY_ANSWERED, ephemeral=True)
+            return True
+        self.answered = True  # set before any await: a racing click sees it
+        return False
+
+    async def _disable(self, content: str) -> None:
+        for item in self.children:
+            if isinstance(item, discord.ui.Button):
+                item.disabled = True
+        try:
+            await self.question.edit_original_response(content=content, view=self)
+        except discord.HTTPException:
+            log.info("could not disable the buttons of a permutation question", exc_info=True)
 
 
 async def setup(bot: ImagineBot) -> None:

@@ -33,6 +33,7 @@ from cogs.rendering import headline, result_content, result_view
 from engine.base import ProgressUpdate
 from storage.jobs import StoredImage
 from storage.models import Job, as_utc
+from storage.states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ TOKEN_MOVE_AGE = timedelta(minutes=13)
 """The watchdog moves a live job's message to a channel message once its token is this old."""
 LINE_REFRESH_INTERVAL = timedelta(seconds=10)
 """A waiting job's place in line and ETA are rewritten at most this often (when they changed)."""
+FINISHED_MEMORY = 10_000
+"""Ids of jobs whose final message was shown that the presenter remembers (oldest forgotten first)."""
 
 
 class Stage(IntEnum):
@@ -75,6 +78,7 @@ class DiscordPresenter:
         self.now = now
         self.budget = budget or EditBudget(min_interval=edit_interval)
         self._messages: dict[str, _MessageState] = {}
+        self._finished: dict[str, None] = {}  # jobs whose final message is shown or being shown, oldest first
 
     # -- JobPresenter ----------------------------------------------------------------------------
 
@@ -116,6 +120,8 @@ class DiscordPresenter:
         return updated
 
     def progress(self, job: Job, update: ProgressUpdate) -> None:
+        if job.id in self._finished:
+            return  # a late update of an ended job: it must not edit "(NN%)" back, nor start a sender
         state = self._state(job.id)
         state.waiting = None
         if state.stage == Stage.FINAL:
@@ -130,6 +136,7 @@ class DiscordPresenter:
         state.sender.offer(update)
 
     async def succeeded(self, job: Job, images: list[StoredImage]) -> None:
+        self._mark_finished(job.id)
         await self._stop_progress(job.id)
         pictures = [await self.bot.jobs.store.get_image(image.key) for image in images]
         picture = pictures[0] if len(pictures) == 1 else make_grid(pictures)
@@ -145,10 +152,17 @@ class DiscordPresenter:
         self._messages.pop(job.id, None)
 
     async def failed(self, job: Job, reason: str) -> None:
+        self._mark_finished(job.id)
         await self._stop_progress(job.id)
         mark = "" if reason.startswith("🚫") else "❌ "  # 🚫: a refusal (the safety filter), not an error
         await self._edit(job, Stage.FINAL, content=f"{headline(job)} — {mark}{reason}", clear_files=True)
         self._messages.pop(job.id, None)
+
+    def _mark_finished(self, job_id: str) -> None:
+        """From now on the job's final message is what shows: no progress, no move by the watchdog."""
+        self._finished[job_id] = None
+        while len(self._finished) > FINISHED_MEMORY:
+            del self._finished[next(iter(self._finished))]
 
     # -- editing ---------------------------------------------------------------------------------
 
@@ -210,15 +224,25 @@ class DiscordPresenter:
 
         The new message is posted first and recorded on the job, then the old one is deleted while its
         token still works, so the user sees one message and later edits never need the dead token.
+        The list of jobs is read once per round, so each job is read again under its message's lock: a
+        job that finished meanwhile (its result just posted) is left alone.
         """
         moved = 0
-        for job in await self.bot.jobs.repo.unfinished():
-            if not (job.interaction_token and job.message_id and job.channel_id):
+        for listed in await self.bot.jobs.repo.unfinished():
+            if not (listed.interaction_token and listed.message_id and listed.channel_id):
                 continue
-            if self.now() - as_utc(job.created_at) < TOKEN_MOVE_AGE:
+            if self.now() - as_utc(listed.created_at) < TOKEN_MOVE_AGE or listed.id in self._finished:
                 continue
-            state = self._state(job.id)
+            state = self._state(listed.id)
             async with state.lock:
+                if listed.id in self._finished or state.stage == Stage.FINAL:
+                    continue
+                job = await self.bot.jobs.repo.get(listed.id)
+                if JobState(job.state).terminal:
+                    self._messages.pop(job.id, None)
+                    continue
+                if not (job.interaction_token and job.message_id):
+                    continue
                 content = state.content or f"{headline(job)} (Waiting to start)"
                 old_token, old_message = job.interaction_token, job.message_id
                 await self._replace_with_channel_message(job, content, None, None)

@@ -116,6 +116,13 @@ class JobQueue(Generic[T]):
         with self._cond:
             self._closed = False
 
+    def drain(self) -> list[Job[T]]:
+        """Return (and forget) the jobs still waiting, leaving the queue open (their worker died)."""
+        with self._cond:
+            left = list(self._pending)
+            self._pending.clear()
+        return left
+
     def close(self) -> list[Job[T]]:
         """Wake the worker to stop; returns (and forgets) the jobs still waiting."""
         with self._cond:

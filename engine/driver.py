@@ -54,6 +54,7 @@ from engine.geometry import (
 )
 from engine.previews import PreviewCadence, PreviewCopy, X0Capture, rgb_on_device, taesd_on_device
 from engine.registry import ModelSpec
+from engine.safety import obscure_preview
 from engine.seeds import tile_seeds
 from engine.sizes import SIZE_MULTIPLE
 
@@ -173,6 +174,7 @@ class Options:
     preview_decoder: Any = None  # an AutoencoderTiny for previews; None = the latent→RGB matrix
     upscale_tile: int = 768
     pad_to_bucket: Callable[[int], int] | None = None  # rows → rows to run (compiled UNet); None = as is
+    obscure_previews: bool = False  # the safety checker is on: previews leave with no detail (engine.safety)
 
 
 class StepCallback:
@@ -245,7 +247,10 @@ class StepCallback:
             return {}
         copy, jobs = self._copy
         self._copy = None
-        return {id(job): jpeg for job, jpeg in zip(jobs, copy.jpegs(), strict=True) if not job.done}
+        jpegs = copy.jpegs()
+        if self.options.obscure_previews:  # the safety checker sees only the final images
+            jpegs = [obscure_preview(jpeg) for jpeg in jpegs]
+        return {id(job): jpeg for job, jpeg in zip(jobs, jpegs, strict=True) if not job.done}
 
 
 def decode(vae: Any, latents: torch.Tensor) -> np.ndarray:

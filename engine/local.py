@@ -111,6 +111,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_SIDE",
+    "WORKER_DIED",
     "EngineStats",
     "LocalDiffusersEngine",
     "batch_key",
@@ -122,6 +123,8 @@ __all__ = [
 ]
 
 _Job = Job[list[Image.Image]]
+WORKER_DIED = "The image engine stopped unexpectedly while this job waited or ran; please try again."
+"""The error of every job the engine's worker thread held or that waited for it when it died."""
 AUTO: Literal["auto"] = "auto"
 COMPILE_MODES = ("default", "reduce-overhead")
 """``reduce-overhead`` adds CUDA graphs; unmeasured here (no GPU in the session that wrote it)."""
@@ -191,6 +194,8 @@ class LocalDiffusersEngine:
         self._lock = threading.Lock()  # held by the worker thread while it runs a batch
         self._queue: JobQueue[list[Image.Image]] = JobQueue(self.max_batch, batch_window, driver.cancelled)
         self._worker: threading.Thread | None = None
+        self._worker_guard = threading.Lock()  # one thread at a time checks and replaces the worker
+        self._in_batch: list[_Job] = []  # the batch the worker is running (failed if the worker dies)
         self._started = False
         self.stats = EngineStats()
 
@@ -244,12 +249,11 @@ class LocalDiffusersEngine:
             if self.compile_unet:
                 await asyncio.to_thread(self._compile_buckets, loaded)
             self._started = True
-        if self._worker is None or not self._worker.is_alive():
-            self._queue.open()
-            self._worker = threading.Thread(target=self._work, name=f"engine-{self.name}", daemon=True)
-            self._worker.start()
+        self._queue.open()
+        self._ensure_worker()
 
     async def close(self) -> None:
+        self._started = False  # first: no new job is queued behind the closing queue
         left = self._queue.close()
         worker, self._worker = self._worker, None
         if worker is not None:
@@ -267,7 +271,7 @@ class LocalDiffusersEngine:
         cancel: CancelToken | None = None,
     ) -> list[Image.Image]:
         """Make ``request.n`` RGB images of exactly ``final_size(request)``."""
-        if not self._started or self._worker is None:
+        if not self._started:
             raise EngineError("the local engine is not started")
         driver.validate(request)
         spec = self.registry.get(request.model)
@@ -287,6 +291,7 @@ class LocalDiffusersEngine:
 
         job: _Job = Job(request, spec.alias, report, is_cancelled, loop, loop.create_future())
         job.key = batch_key(request, spec.alias)
+        self._ensure_worker()  # a dead worker is replaced before the job waits for it
         self._queue.put(job)
         try:
             return await asyncio.shield(job.future)
@@ -313,9 +318,40 @@ class LocalDiffusersEngine:
             batch = self._queue.take()
             if batch is None:
                 return
+            self._in_batch = batch
             with self._lock:
                 self._run_batch(batch)
             for job in batch:
+                job.deliver()
+            self._in_batch = []
+
+    # -- worker health ---------------------------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        """Start the worker thread if there is none or it died."""
+        with self._worker_guard:
+            if self._worker is not None and self._worker.is_alive():
+                return
+            if self._worker is not None:
+                log.error("engine worker thread %s is dead; starting a new one", self._worker.name)
+            self._worker = threading.Thread(target=self._serve, name=f"engine-{self.name}", daemon=True)
+            self._worker.start()
+
+    def _serve(self) -> None:
+        """The worker thread's body: ``_work``, and if that ever dies, fail every job it held or that waits
+        (their callers would wait forever) with a message; the next ``generate`` starts a new worker."""
+        try:
+            self._work()
+        except BaseException:
+            log.exception("engine worker thread died")
+            orphans = [*self._in_batch, *self._queue.drain()]
+            self._in_batch = []
+            with self._worker_guard:
+                if self._worker is threading.current_thread():
+                    self._worker = None
+            for job in orphans:
+                if not job.done:
+                    job.finish(EngineError(WORKER_DIED))
                 job.deliver()
 
     def _run_batch(self, batch: list[_Job]) -> None:
@@ -397,6 +433,7 @@ class LocalDiffusersEngine:
             preview_decoder=self._preview_decoder,
             upscale_tile=self.upscale_tile,
             pad_to_bucket=self._bucket if self.compile_unet else None,
+            obscure_previews=self._safety_source is not None,
         )
 
     def _bucket(self, rows: int) -> int:

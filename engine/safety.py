@@ -13,10 +13,18 @@ nothing is posted or charged. Cost: one CLIP ViT-L/14 pass at 224² per image (~
 one SD1.5 step at 512²).
 
 Loading failures become an ``EngineError`` whose message is safe to show; the detail is logged.
+
+Previews: the checker looks at finished images only, so with a checker on, every progress preview is
+*obscured* (``obscure_preview``: shrunk to a few pixels a side and blurred back up) before it leaves the
+engine. Users still see the job move and its colours settle, but no detail the checker would have
+refused. (Checking every preview would cost a CLIP pass per preview and could still leak the steps
+between two checks; previews shown only to the requester cannot be made for channel messages.) A
+flagged job's message then loses its last preview when the refusal replaces it.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -44,6 +52,30 @@ def safety_checker_source(value: Any) -> Any:
     if isinstance(value, str | Path) and str(value).strip().lower() in OFF_VALUES:
         return None
     return value.strip() if isinstance(value, str) else value
+
+
+OBSCURED_SIDE = 8
+"""Pixels on the long side a preview is shrunk to when the safety checker is on."""
+
+
+def obscure_preview(jpeg: bytes, *, side: int = OBSCURED_SIDE) -> bytes:
+    """A preview with no detail left: shrunk to ``side`` pixels on its long side, stretched back to its size.
+
+    JPEG draft mode decodes at 1/8 scale when it can, so this costs a few milliseconds (see the docstring
+    of ``engine.previews`` for the encode cost it adds to).
+    """
+    with Image.open(io.BytesIO(jpeg)) as opened:
+        size = opened.size
+        opened.draft("RGB", (side, side))  # JPEG: decode at a reduced scale; the detail is dropped anyway
+        image = opened.convert("RGB")
+    scale = side / max(size)
+    small = image.resize(
+        (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))), Image.Resampling.BOX
+    )
+    blurred = small.resize(size, Image.Resampling.BILINEAR)  # smooth ramps between 8 px: no edges
+    buffer = io.BytesIO()
+    blurred.save(buffer, format="JPEG", quality=70)
+    return buffer.getvalue()
 
 
 class _DropBlackImageNotice(logging.Filter):

@@ -39,6 +39,10 @@ class ImageStore(Protocol):
 
     async def get_image(self, key: str) -> Image.Image: ...
 
+    async def delete(self, key: str) -> None:
+        """Remove an image (no error if it is not there): a stored image prompt that no job references."""
+        ...
+
     def location(self, key: str) -> str:
         """Where ``key`` is stored: a path under the folder, or the S3 object key (kept in ``job_images``)."""
         ...

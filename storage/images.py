@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import re
+import uuid
 from pathlib import Path
 
 from PIL import Image
@@ -55,6 +56,10 @@ class LocalImageStore:
         data = await asyncio.to_thread(encode_png, image)
         return await self.put(data)
 
+    async def delete(self, key: str) -> None:
+        """Remove an image (no error if it is not there)."""
+        await asyncio.to_thread(self.path(key).unlink, missing_ok=True)
+
     async def get(self, key: str) -> bytes:
         path = self.path(key)
         try:
@@ -70,9 +75,22 @@ class LocalImageStore:
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
+        """Write ``data`` under ``path`` atomically; writers of the same bytes at the same time all succeed.
+
+        Each writer uses its own temporary name (two jobs storing the same image at once, e.g. the same
+        prompt and seed, must not share one), and the rename is atomic, so a crash never leaves half an
+        image under a valid key. The key is the hash of the bytes, so a file already there is the same
+        image: finding it there is success.
+        """
         if path.exists():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".part")
-        partial.write_bytes(data)
-        partial.replace(path)  # atomic: a crash never leaves half an image under a valid key
+        partial = path.with_name(f"{path.stem}.{uuid.uuid4().hex}.part")
+        try:
+            partial.write_bytes(data)
+            partial.replace(path)
+        except OSError:
+            if not path.exists():  # not "another writer stored the same bytes first"
+                raise
+        finally:
+            partial.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import String, cast, update
 from sqlmodel import col, select
 
 from storage.db import Database
@@ -46,10 +46,15 @@ class JobRepository:
         self.database = database
         self.now = now
 
-    async def create(self, job: Job, ledger: Sequence[LedgerEntry] = ()) -> Job:
-        """Insert a new job in DRAFT, its first transition and its quota reservation, in one transaction."""
+    async def create(
+        self, job: Job, ledger: Sequence[LedgerEntry] = (), *, at: datetime | None = None
+    ) -> Job:
+        """Insert a new job in DRAFT, its first transition and its quota reservation, in one transaction.
+
+        ``at``: when it was accepted (default: now), the moment its reservation's quota period was taken from.
+        """
         job.state = JobState.DRAFT
-        job.created_at = job.updated_at = job.state_since = now = self.now()
+        job.created_at = job.updated_at = job.state_since = now = at or self.now()
         async with self.database.sessions() as session:
             session.add(job)
             session.add(JobTransition(job_id=job.id, from_state=None, to_state=JobState.DRAFT, at=now))
@@ -167,6 +172,17 @@ class JobRepository:
                     )
                 )
             await session.commit()
+
+    async def references_image(self, key: str) -> bool:
+        """Whether any job uses the image ``key``: as a result image or as its image prompt (in ``params``)."""
+        if not key.isalnum():  # keys are hex digests; anything else is referenced by nothing
+            return False
+        async with self.database.sessions() as session:
+            result = (await session.exec(select(JobImage.id).where(JobImage.key == key).limit(1))).first()
+            if result is not None:
+                return True
+            statement = select(Job.id).where(cast(Job.params, String).contains(key)).limit(1)
+            return (await session.exec(statement)).first() is not None
 
     async def images(self, job_id: str) -> list[StoredImage]:
         async with self.database.sessions() as session:

@@ -9,7 +9,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from storage.db import Database
-from storage.models import LedgerEntry
+from storage.models import LedgerEntry, LedgerKind
 
 
 class LedgerRepository:
@@ -25,6 +25,16 @@ class LedgerRepository:
         """Seconds used (including reservations of unfinished jobs) in the period starting at ``period_start``."""
         statement = select(func.coalesce(func.sum(LedgerEntry.seconds), 0.0)).where(
             col(LedgerEntry.user_id) == user_id, col(LedgerEntry.period_start) == period_start
+        )
+        async with self.database.sessions() as session:
+            return float((await session.exec(statement)).one())  # type: ignore[call-overload]
+
+    async def open_reservations(self, user_id: int, period_start: datetime) -> float:
+        """Seconds still reserved by unfinished jobs in the period: reservations minus their releases."""
+        statement = select(func.coalesce(func.sum(LedgerEntry.seconds), 0.0)).where(
+            col(LedgerEntry.user_id) == user_id,
+            col(LedgerEntry.period_start) == period_start,
+            col(LedgerEntry.kind).in_([LedgerKind.RESERVE, LedgerKind.RELEASE]),
         )
         async with self.database.sessions() as session:
             return float((await session.exec(statement)).one())  # type: ignore[call-overload]

@@ -144,6 +144,13 @@ class S3ImageStore:
     async def get_image(self, key: str) -> Image.Image:
         return await asyncio.to_thread(decode_png, await self.get(key))
 
+    async def delete(self, key: str) -> None:
+        """Remove an object (S3 answers success when it is not there)."""
+        try:
+            await self._connected().delete_object(Bucket=self.bucket, Key=self.location(key))
+        except (ClientError, BotoCoreError) as error:
+            raise ImageStoreError(f"could not delete image {key} from {self.where}: {error}") from None
+
     async def url(self, key: str) -> str | None:
         if self.public_base_url:
             return f"{self.public_base_url}/{self.location(key)}"
