@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from sqlalchemy.exc import OperationalError
 
-from bot.jobs import CRASHED_REASON
+from bot.jobs import CRASHED_REASON, STORE_FAILED_REASON
 from bot.prompt import parse_prompt
 from bot.quotas import AdmissionRefused
 from engine.base import EngineCancelled, ProgressUpdate
@@ -105,13 +105,13 @@ async def test_a_storage_error_fails_the_job_at_once(parts):
     jobs, presenter = service(parts)
     job = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox"))
 
-    async def disk_full(image):
+    async def disk_full(data):
         raise OSError(28, "No space left on device")
 
-    jobs.store.put_image = disk_full
+    jobs.store.put = disk_full  # the store refuses every attempt: it ends FAILED saying what went wrong
     (done,) = await run_until_done(jobs, [job.id], timeout=180)
-    assert done.state == JobState.FAILED and done.error == CRASHED_REASON
-    assert presenter.of(job.id, "succeeded") == [] and presenter.of(job.id, "failed") == [CRASHED_REASON]
+    assert done.state == JobState.FAILED and done.error == STORE_FAILED_REASON
+    assert presenter.of(job.id, "succeeded") == [] and presenter.of(job.id, "failed") == [STORE_FAILED_REASON]
     assert sum(e.seconds for e in await jobs.quotas.ledger.entries(job_id=job.id)) == 0
 
 
@@ -124,16 +124,16 @@ async def test_a_job_timed_out_while_storing_posts_nothing(parts):
     """Item 6: the storing limit passes before the post: the job ends TIMED_OUT and nothing is posted."""
     jobs, presenter = service(parts)
     job = await jobs.submit_imagine(10, acknowledge, parse_prompt("a fox"))
-    put_image = jobs.store.put_image
+    put = jobs.store.put
     timed_out: list[str] = []
 
-    async def slow_put(image):
+    async def slow_put(data):
         if not timed_out:  # the watchdog's round while the images are being written
             row = await jobs.repo.get(job.id)
             timed_out.extend(await jobs.enforce_timeouts(_later(row, jobs.timeouts.storing + 1)))
-        return await put_image(image)
+        return await put(data)
 
-    jobs.store.put_image = slow_put
+    jobs.store.put = slow_put
     (done,) = await run_until_done(jobs, [job.id], timeout=180)
     assert timed_out == [job.id]
     assert done.state == JobState.TIMED_OUT

@@ -230,7 +230,7 @@ async def test_image_links_when_turned_on(emu, tiny_model_dir, tmp_path):
         assert seen == [f"127.0.0.2:{ports['127.0.0.2']} /good.png"]
         (job,) = await jobs_of(runner.bot)
         assert job.operation == "img2img" and grid.attachments
-        init = await runner.bot.jobs.store.get_image(job.params["init_image_key"])
+        init = await runner.bot.jobs.store.get_image(job.params.init_image_key)
         expected = Image.open(io.BytesIO(served)).convert("RGB")
         assert init.size == expected.size
         assert np.array_equal(np.asarray(init.convert("RGB")), np.asarray(expected))

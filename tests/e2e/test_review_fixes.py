@@ -54,8 +54,7 @@ async def test_the_watchdog_leaves_alone_a_job_whose_result_was_just_posted(emu,
             return rows
 
         bot.jobs.repo.unfinished = slow_round
-        move = bot.message_mover  # what the watchdog calls each round (the presenter's mover)
-        assert move is not None
+        move = bot.maintenance["move aging messages"]  # what the watchdog calls each round (the presenter's)
         rounds_after: list[int] = []
 
         async def counted_move():
@@ -64,7 +63,7 @@ async def test_the_watchdog_leaves_alone_a_job_whose_result_was_just_posted(emu,
                 rounds_after.append(moved)
             return moved
 
-        bot.message_mover = counted_move
+        bot.maintenance["move aging messages"] = counted_move
         bot.scheduler.resume()
         await emu.wait_for(
             lambda: len(rounds_after) >= 2, timeout=180, what="two watchdog rounds after the result"

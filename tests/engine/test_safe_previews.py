@@ -43,7 +43,7 @@ async def test_with_a_checker_every_preview_is_obscured(tiny_model_dir, tiny_eng
     plain: list[ProgressUpdate] = []
     await tiny_engine.generate(request, plain.append)
     engine = LocalDiffusersEngine(
-        str(tiny_model_dir), device="cpu", safety_checker=build_tiny_safety_checker()
+        str(tiny_model_dir), device="cpu", safety_checker=build_tiny_safety_checker(), preview_interval=0
     )
     await engine.start()
     try:
