@@ -64,12 +64,17 @@ def service(parts, engine=None, tiers: TierConfig | None = None) -> tuple[JobSer
 
 
 async def run_until_done(jobs: JobService, job_ids: list[str], timeout: float = 30) -> list[Job]:
+    """Run the scheduler until every job is terminal in the database *and* its run has returned.
+
+    The row turns terminal before ``run`` tells the presenter (the end is committed first); stopping the
+    scheduler in that gap would cancel the presentation, so a test could find no "failed" event."""
     jobs.scheduler.start(1, jobs.run)
     try:
         async with asyncio.timeout(timeout):
             while True:
                 rows = [await jobs.repo.get(job_id) for job_id in job_ids]
-                if all(JobState(row.state).terminal for row in rows):
+                running = any(job_id in jobs.scheduler.running for job_id in job_ids)
+                if all(JobState(row.state).terminal for row in rows) and not running:
                     return rows
                 await asyncio.sleep(0.05)
     finally:
