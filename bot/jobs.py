@@ -202,15 +202,19 @@ class JobService:
         user_name: str = "",
         mode: str | None = None,
         init_image_key: str | None = None,
+        *,
+        expected: Origin | None = None,
     ) -> Job:
         """Admit and queue a grid job (``init_image_key``: a stored image prompt).
 
-        ``acknowledge`` is called once the job is admitted (the Discord side defers the interaction and
-        returns where the job's message is). Raises ``AdmissionRefused`` or ``TimeoutError`` before it is
-        called: nothing is saved or charged, and the caller can still answer privately.
+        ``acknowledge`` is called once the job is admitted and saved (the Discord side defers the
+        interaction and returns where the job's message is); ``expected`` is what is known of that place
+        before (channel, interaction token), saved with the job so that a crash right after the
+        acknowledgement loses nothing. Raises ``AdmissionRefused`` or ``TimeoutError`` before anything is
+        saved, charged or acknowledged: the caller can still answer privately.
         """
         job = self._imagine_job(user_id, parsed, init_image_key)
-        return await self._submit(job, acknowledge, user_name, parsed.mode or mode)
+        return await self._submit(job, acknowledge, user_name, parsed.mode or mode, expected=expected)
 
     async def precheck_imagine(
         self,
@@ -278,6 +282,7 @@ class JobService:
         operation: Operation | None = None,
         remix: ParsedPrompt | None = None,
         extra_params: dict[str, object] | None = None,
+        expected: Origin | None = None,
     ) -> Job:
         """A job made from a button on ``parent``'s message.
 
@@ -325,7 +330,7 @@ class JobService:
         if kind == JobKind.UPSCALE and index is not None:
             job.seed = tile_seeds(parent.seed, index + 1)[index]
         # the clicker's own mode and tier (their /fast or /relax setting), not the parent's
-        return await self._submit(job, acknowledge)
+        return await self._submit(job, acknowledge, expected=expected)
 
     def _apply_remix(self, job: Job, parsed: ParsedPrompt) -> None:
         """Remix mode: the edited prompt replaces the parent's text and the knobs it sets."""
@@ -346,8 +351,22 @@ class JobService:
         raise ValueError(f"job {job_id} has no image {index}")
 
     async def _submit(
-        self, job: Job, acknowledge: Acknowledge, user_name: str = "", mode: str | None = None
+        self,
+        job: Job,
+        acknowledge: Acknowledge,
+        user_name: str = "",
+        mode: str | None = None,
+        *,
+        expected: Origin | None = None,
     ) -> Job:
+        """Admit, save (DRAFT, with its reservation), acknowledge, then queue the job.
+
+        The row is written *before* the acknowledgement: once the user sees "thinking…", a crash at any
+        point leaves a row that the next start recovers (``_recover_one``); the presenter finds the
+        acknowledged message from the interaction token when its id was not saved yet. If Discord refuses
+        the acknowledgement, the row ends FAILED with its reservation released, and the error is raised;
+        a task cancelled meanwhile (the bot stopping) leaves the row to the next start's recovery.
+        """
         job.model = self.defaults.model
         operation = Operation(job.operation)
         if job.kind != JobKind.UPSCALE and operation not in supported_operations(self.engine):
@@ -358,17 +377,8 @@ class JobService:
             await lock.acquire()
         try:
             admission = await deadline.wait(self._admission(job, user_name, mode))
-        except BaseException:
-            lock.release()
-            raise
-        try:
-            origin = await acknowledge()
-            job.guild_id, job.channel_id, job.message_id = (
-                origin.guild_id,
-                origin.channel_id,
-                origin.message_id,
-            )
-            job.application_id, job.interaction_token = origin.application_id, origin.interaction_token
+            if expected is not None:
+                _place(job, expected)
             job.tier, job.mode, job.priority = admission.tier.name, admission.mode, admission.tier.priority
             job.estimate_seconds = admission.estimate_seconds
             if admission.note:
@@ -379,8 +389,35 @@ class JobService:
             job = await self.repo.create(job, ledger=self.quotas.reservation(job), at=accepted)
         finally:
             lock.release()
-        job = await self.repo.transition(job.id, JobState.SUBMITTED)
+        try:
+            origin = await acknowledge()
+        except Exception:  # Discord refused the acknowledgement (a cancelled task leaves the row to recovery)
+            await self._abandon_draft(job)
+            raise
+        _place(job, origin)
+        try:
+            job = await self.repo.transition(
+                job.id,
+                JobState.SUBMITTED,
+                guild_id=job.guild_id,
+                channel_id=job.channel_id,
+                message_id=job.message_id,
+                application_id=job.application_id,
+                interaction_token=job.interaction_token,
+            )
+        except InvalidTransition:
+            # a restarted process recovered the row meanwhile (it queues the job): only say where it is
+            await self.repo.update_fields(job.id, message_id=job.message_id)
+            return await self.repo.get(job.id)
         return await self._enqueue(job)
+
+    async def _abandon_draft(self, job: Job) -> None:
+        """The command could not be acknowledged: end the saved job, its reservation released, silently
+        (there is no message to tell it in)."""
+        try:
+            await self._end(job, JobState.FAILED, "The command could not be acknowledged.")
+        except InvalidTransition:
+            pass  # a restarted process took it over
 
     async def _admission(self, job: Job, user_name: str, mode: str | None) -> Admission:
         await self.quotas.users.get(job.user_id, user_name)
@@ -735,6 +772,12 @@ class JobService:
             await getattr(self.presenter, event)(job, argument)
         except Exception:
             log.warning("job %s: could not show %s", job.id, event, exc_info=True)
+
+
+def _place(job: Job, origin: Origin) -> None:
+    """Set the job's columns that say where its Discord message is."""
+    job.guild_id, job.channel_id, job.message_id = origin.guild_id, origin.channel_id, origin.message_id
+    job.application_id, job.interaction_token = origin.application_id, origin.interaction_token
 
 
 def _or(value: T | None, default: T) -> T:

@@ -39,7 +39,7 @@ from cogs.rendering import (
     result_content,
     result_view,
 )
-from cogs.submitting import submit_job
+from cogs.submitting import expected_origin, submit_job
 from storage.models import Job
 from storage.states import JobState
 
@@ -59,7 +59,11 @@ of one message): clicks in a burst share one edit."""
 MARK_ATTEMPTS = 3
 """Tries for one mark edit that Discord answered with an error other than 403/404."""
 MARK_FLUSH_TIMEOUT = 3.0
-"""Seconds a stopping bot gives the marks still waiting (sent at once, without the budget)."""
+"""Seconds a stopping bot gives the marks still waiting (still paced by the budget). What is not sent by
+then stays recorded on the button's job (``JobParams.mark_message``) and is sent on the next start."""
+
+SHOWN_KEPT = 1024
+"""Messages whose last marking edit the marker remembers (to skip an edit that would change nothing)."""
 
 NOT_YOUR_JOB = "That is not your job: only the person who ran it (or an admin) can use its buttons."
 ALREADY_WORKING = "I'm already working on that one; the result will appear in its own message."
@@ -160,6 +164,7 @@ async def _submit_child(
                 operation=spec.operation,
                 remix=remix,
                 extra_params=extra,
+                expected=expected_origin(interaction),
             ),
         )
         made = job is not None
@@ -231,7 +236,9 @@ class ButtonMarker:
     burst of clicks costs one edit (two if clicks keep coming while it is sent). Each edit first waits
     ``MARK_DELAY`` (or the budget's per-message interval, when load has stretched it), then a spare slot of
     the budget in the message's channel (these are channel-message edits), so it never delays a
-    progress edit. A failed edit is retried; ``close()`` sends what is still waiting when the bot stops.
+    progress edit. An edit that would show the buttons the message already shows (every click of a burst
+    was in the previous edit) is skipped. A failed edit is retried; ``close()`` sends what is still
+    waiting when the bot stops, through the same budget.
     """
 
     def __init__(self, bot: ImagineBot, budget: EditBudget, *, delay: float = MARK_DELAY) -> None:
@@ -240,6 +247,7 @@ class ButtonMarker:
         self.delay = delay
         self._pending: dict[int, _Mark] = {}  # message id -> the newest request
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._shown: dict[int, frozenset[str]] = {}  # message id -> the used buttons our last edit showed
         self.edits = 0
 
     def mark(self, channel_id: int, message_id: int, parent: Job) -> None:
@@ -265,10 +273,13 @@ class ButtonMarker:
         """One edit with the used buttons as the database has them now; False: worth another try."""
         parent = mark.parent
         try:
-            used = await self.bot.results.used_buttons(parent.id)
-            count = await self.bot.results.image_count(parent.id)
-            message = self.bot.get_partial_messageable(mark.channel_id).get_partial_message(message_id)
-            await message.edit(view=result_view(parent, count, used))
+            used = frozenset(await self.bot.results.used_buttons(parent.id))
+            if self._shown.get(message_id) != used:
+                count = await self.bot.results.image_count(parent.id)
+                message = self.bot.get_partial_messageable(mark.channel_id).get_partial_message(message_id)
+                await message.edit(view=result_view(parent, count, used))
+                self._remember_shown(message_id, used)
+                self.edits += 1
             await self.bot.results.marks_made(parent.id, message_id)
         except (discord.NotFound, discord.Forbidden):
             log.info("job %s: message %s can no longer be marked", parent.id, message_id)
@@ -279,18 +290,28 @@ class ButtonMarker:
                 "job %s: marking used buttons failed (try %d)", parent.id, mark.attempts, exc_info=True
             )
             return False
-        else:
-            self.edits += 1
         return True
 
+    def _remember_shown(self, message_id: int, used: frozenset[str]) -> None:
+        self._shown.pop(message_id, None)
+        self._shown[message_id] = used  # newest last; the oldest go once there are too many
+        while len(self._shown) > SHOWN_KEPT:
+            del self._shown[next(iter(self._shown))]
+
+    async def _send_now(self, message_id: int, mark: _Mark) -> None:
+        """One edit as soon as the budget has a slot in the message's channel (no waiting for spare room)."""
+        await self.budget.acquire(channel=mark.channel_id)
+        await self._send(message_id, mark)
+
     async def close(self, timeout: float = MARK_FLUSH_TIMEOUT) -> None:
-        """Stop waiting: send every pending mark now (for up to ``timeout`` seconds), then forget them."""
+        """Stop waiting: send every pending mark as soon as the budget allows, for up to ``timeout``
+        seconds, then forget them (what was not sent is sent on the next start)."""
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         pending, self._pending = self._pending, {}
-        sends = [asyncio.create_task(self._send(mid, mark)) for mid, mark in pending.items()]
+        sends = [asyncio.create_task(self._send_now(mid, mark)) for mid, mark in pending.items()]
         if sends:
             _, late = await asyncio.wait(sends, timeout=timeout)
             for send in late:

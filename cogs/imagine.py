@@ -28,7 +28,7 @@ from bot.intake import IntakeRefused
 from bot.jobs import Acknowledge, Origin
 from bot.prompt import ParsedPrompt
 from bot.quotas import AdmissionRefused
-from cogs.submitting import BUSY, answer_privately, submit_job
+from cogs.submitting import BUSY, answer_privately, expected_origin, submit_job
 from engine.safe_fetch import ImageFetchError, fetch_image, load_attachment_image
 from storage.models import Job
 
@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 CONFIRM_TIMEOUT = 60.0
 ALREADY_ANSWERED = "That question was answered already; nothing more was started."
+
+
+def channel_only(interaction: discord.Interaction) -> Origin:
+    """The place of a job that gets its own channel message (the 2nd and later jobs of a permutation)."""
+    return Origin(channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id)
 
 
 class ImagineCog(commands.Cog):
@@ -74,7 +79,10 @@ class ImagineCog(commands.Cog):
         if first.image_urls or image is not None:
             started = await self._start_with_image(interaction, first, image)
         else:
-            started = await submit_job(interaction, lambda ack: self._submit(interaction, first, ack))
+            started = await submit_job(
+                interaction,
+                lambda ack: self._submit(interaction, first, ack, expected=expected_origin(interaction)),
+            )
         if started is None:
             return
         for parsed in others:
@@ -84,6 +92,7 @@ class ImagineCog(commands.Cog):
                     parsed,
                     self._channel_origin(interaction),
                     started.params.init_image_key,
+                    expected=channel_only(interaction),
                 )
             except Exception as error:  # refused (queue full...) or failed: say so once, privately
                 await interaction.followup.send(f"Not all jobs could start: {error}", ephemeral=True)
@@ -95,14 +104,21 @@ class ImagineCog(commands.Cog):
         parsed: ParsedPrompt,
         acknowledge: Acknowledge,
         key: str | None = None,
+        *,
+        expected: Origin | None = None,
     ) -> Job:
         return await self.bot.jobs.submit_imagine(
-            interaction.user.id, acknowledge, parsed, user_name=interaction.user.name, init_image_key=key
+            interaction.user.id,
+            acknowledge,
+            parsed,
+            user_name=interaction.user.name,
+            init_image_key=key,
+            expected=expected,
         )
 
     def _channel_origin(self, interaction: discord.Interaction) -> Acknowledge:
         async def acknowledge() -> Origin:
-            return Origin(channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id)
+            return channel_only(interaction)
 
         return acknowledge
 
@@ -144,7 +160,8 @@ class ImagineCog(commands.Cog):
             return origin
 
         job = await submit_job(
-            interaction, lambda _: self._submit(interaction, parsed, already_acknowledged, key)
+            interaction,
+            lambda _: self._submit(interaction, parsed, already_acknowledged, key, expected=origin),
         )
         if job is None:  # refused after all (the queue filled meanwhile...): keep no orphan image
             await self.bot.jobs.discard_input_image(key)

@@ -39,8 +39,12 @@ log = logging.getLogger(__name__)
 
 TOKEN_SAFE_AGE = timedelta(minutes=14)
 """Interaction tokens die after 15 minutes; stop using one a minute before."""
+TOKEN_LIFETIME = timedelta(minutes=15)
+"""Discord accepts an interaction token this long after the interaction."""
 TOKEN_MOVE_AGE = timedelta(minutes=13)
 """The watchdog moves a live job's message to a channel message once its token is this old."""
+NONCE_LENGTH = 25
+"""Discord's longest message nonce."""
 LINE_REFRESH_INTERVAL = timedelta(seconds=10)
 """A waiting job's place in line and ETA are rewritten at most this often (when they changed)."""
 FINISHED_MEMORY = 10_000
@@ -79,6 +83,7 @@ class DiscordPresenter:
         self.budget = budget or EditBudget(min_interval=edit_interval)
         self._messages: dict[str, _MessageState] = {}
         self._finished: dict[str, None] = {}  # jobs whose final message is shown or being shown, oldest first
+        self._moves_due = True  # a stopped process may have left a move half done
 
     # -- JobPresenter ----------------------------------------------------------------------------
 
@@ -210,7 +215,7 @@ class DiscordPresenter:
                 return  # the message has moved on; never go back
             state.stage = stage
             attachments = [file] if file is not None else ([] if clear_files else discord.utils.MISSING)
-            fresh = await self.bot.jobs.repo.get(job.id)
+            fresh = await self._finish_move(await self.bot.jobs.repo.get(job.id))
             started = time.perf_counter()
             try:
                 await self._edit_existing(fresh, content, attachments, view)
@@ -222,8 +227,15 @@ class DiscordPresenter:
     async def move_aging_messages(self) -> int:
         """Give every live job whose interaction token is about to die a normal channel message.
 
-        The new message is posted first and recorded on the job, then the old one is deleted while its
-        token still works, so the user sees one message and later edits never need the dead token.
+        Crash-safe at every point, so the user always ends with one message:
+        1. the old (token, message) is recorded on the job first (``JobParams.replaced_message``): a
+           move has begun;
+        2. the new message is posted with a nonce made from the job id (``enforce_nonce``), so a move
+           that is finished again gets the same message back from Discord (for a few minutes);
+        3. the new message is recorded on the job, the token dropped;
+        4. the old message is deleted while its token still works, then forgotten.
+        A job with a move begun is moved on before its message is edited again (``_edit``), and a new
+        process finishes every begun move on its first round (``finish_moves``).
         The list of jobs is read once per round, so each job is read again under its message's lock: a
         job that finished meanwhile (its result just posted) is left alone.
         """
@@ -241,27 +253,74 @@ class DiscordPresenter:
                 if JobState(job.state).terminal:
                     self._messages.pop(job.id, None)
                     continue
-                if not (job.interaction_token and job.message_id):
+                if not (job.interaction_token and job.message_id and job.channel_id):
                     continue
-                content = state.content or f"{headline(job)} (Waiting to start)"
-                old_token, old_message = job.interaction_token, job.message_id
-                await self._replace_with_channel_message(job, content, None, None)
-                webhook = discord.Webhook.partial(job.application_id or 0, old_token, client=self.bot)
-                try:
-                    await webhook.delete_message(old_message)
-                except discord.HTTPException:
-                    log.info("job %s: could not delete the old interaction message", job.id)
+                replaced = (job.interaction_token, job.message_id)
+                await self.bot.jobs.repo.update_fields(
+                    job.id, params=job.params.but(replaced_message=replaced)
+                )
+                await self._finish_move(await self.bot.jobs.repo.get(job.id))
             moved += 1
             log.info("job %s: moved to a channel message before its interaction token expires", job.id)
         return moved
+
+    async def finish_moves(self) -> int:
+        """Finish the moves a stopped process began (``move_aging_messages``), on the first round after a
+        start and after a deletion failed; returns how many were finished. Only jobs young enough for
+        their token to work can have one."""
+        if not self._moves_due:
+            return 0
+        self._moves_due = False
+        finished = 0
+        for listed in await self.bot.jobs.repo.created_since(self.now() - TOKEN_LIFETIME):
+            if listed.params.replaced_message is None:
+                continue
+            async with self._state(listed.id).lock:
+                await self._finish_move(await self.bot.jobs.repo.get(listed.id))
+            finished += 1
+        return finished
+
+    async def _finish_move(self, job: Job) -> Job:
+        """Steps 2–4 of a begun move (those not done yet); returns the job as it is then."""
+        if job.params.replaced_message is None:
+            return job
+        if job.interaction_token and job.channel_id:  # steps 2-3 (again: the nonce finds a posted one)
+            content = self._state(job.id).content or f"{headline(job)} (Waiting to start)"
+            new_id = await self._post_once(job.channel_id, content, nonce=f"mv{job.id}"[:NONCE_LENGTH])
+            await self.bot.jobs.repo.update_fields(job.id, message_id=new_id, interaction_token=None)
+        token, message_id = job.params.replaced_message
+        webhook = discord.Webhook.partial(job.application_id or 0, token, client=self.bot)
+        try:
+            await webhook.delete_message(message_id)
+        except discord.NotFound:
+            pass  # deleted already (the step before a crash), or by a moderator
+        except discord.HTTPException:
+            if self.now() - as_utc(job.created_at) < TOKEN_LIFETIME:
+                self._moves_due = True  # try again next round while the token may still work
+                log.info("job %s: could not delete the old interaction message yet", job.id)
+                return await self.bot.jobs.repo.get(job.id)
+            log.info("job %s: the old interaction message could not be deleted", job.id)
+        await self.bot.jobs.repo.update_fields(job.id, params=job.params.but(replaced_message=None))
+        return await self.bot.jobs.repo.get(job.id)
+
+    async def _post_once(self, channel_id: int, content: str, *, nonce: str) -> int:
+        """Post a plain channel message that Discord makes only once per ``nonce`` (for a few minutes);
+        returns its id. (discord.py's ``send`` cannot ask for ``enforce_nonce``, so the route is called.)"""
+        route = discord.http.Route("POST", "/channels/{channel_id}/messages", channel_id=channel_id)
+        payload = {"content": content, "nonce": nonce, "enforce_nonce": True}
+        message = await self.bot.http.request(route, json=payload)
+        return int(message["id"])
 
     async def _edit_existing(
         self, job: Job, content: str, attachments: Sequence[discord.File], view: discord.ui.View | None
     ) -> None:
         view_arg = view if view is not None else discord.utils.MISSING
-        if job.interaction_token and job.message_id:
+        if job.interaction_token:
             if job.created_at and self.now() - as_utc(job.created_at) > TOKEN_SAFE_AGE:
                 raise _TokenTooOld
+            if not job.message_id:
+                job = await self._find_acknowledged_message(job)
+        if job.interaction_token and job.message_id:
             webhook = discord.Webhook.partial(job.application_id or 0, job.interaction_token, client=self.bot)
             await webhook.edit_message(
                 job.message_id, content=content, attachments=attachments, view=view_arg
@@ -272,6 +331,24 @@ class DiscordPresenter:
             await message.edit(content=content, attachments=attachments, view=view_arg)
             return
         raise _TokenTooOld
+
+    async def _find_acknowledged_message(self, job: Job) -> Job:
+        """The id of the interaction's "thinking…" message, for a job saved before it was acknowledged
+        whose process stopped before it saved the id (``JobService._submit``). If the interaction was never
+        acknowledged, Discord knows no such message: the job is shown in a new channel message instead."""
+        route = discord.http.Route(
+            "GET",
+            "/webhooks/{webhook_id}/{webhook_token}/messages/@original",
+            webhook_id=job.application_id or 0,
+            webhook_token=job.interaction_token,
+        )
+        try:
+            original = await self.bot.http.request(route)
+        except discord.NotFound:
+            log.info("job %s: its interaction was never acknowledged; it gets a channel message", job.id)
+            return job
+        await self.bot.jobs.repo.update_fields(job.id, message_id=int(original["id"]))
+        return await self.bot.jobs.repo.get(job.id)
 
     async def _replace_with_channel_message(
         self, job: Job, content: str, file: discord.File | None, view: discord.ui.View | None
@@ -300,9 +377,11 @@ async def setup(bot: ImagineBot) -> None:
     )
     bot.jobs.presenter = presenter
     bot.maintenance["move aging messages"] = presenter.move_aging_messages
+    bot.maintenance["finish moves"] = presenter.finish_moves
     bot.maintenance["refresh places in line"] = presenter.refresh_waiting
 
 
 async def teardown(bot: ImagineBot) -> None:
     bot.maintenance.pop("move aging messages", None)
+    bot.maintenance.pop("finish moves", None)
     bot.maintenance.pop("refresh places in line", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import discord
 
@@ -17,18 +18,23 @@ BUSY = "The bot is busy right now; nothing was queued. Try again in a moment."
 FAILED = "Sorry, that could not be queued. Nothing was charged; try again."
 
 
+def expected_origin(interaction: discord.Interaction) -> Origin:
+    """Where the job's message will be, as far as it is known before the interaction is acknowledged:
+    saved with the job, so that a restart can still find the "thinking…" message (its id comes later)."""
+    return Origin(
+        channel_id=interaction.channel_id or 0,
+        guild_id=interaction.guild_id,
+        application_id=interaction.application_id,
+        interaction_token=interaction.token,
+    )
+
+
 def deferring(interaction: discord.Interaction) -> Acknowledge:
     """An ``Acknowledge`` that defers with a public "thinking…" message: the job's message from then on."""
 
     async def acknowledge() -> Origin:
         response = await interaction.response.defer(thinking=True)
-        return Origin(
-            channel_id=interaction.channel_id or 0,
-            guild_id=interaction.guild_id,
-            application_id=interaction.application_id,
-            interaction_token=interaction.token,
-            message_id=response.message_id if response else None,
-        )
+        return replace(expected_origin(interaction), message_id=response.message_id if response else None)
 
     return acknowledge
 

@@ -139,6 +139,12 @@ class JobRepository:
         async with self.database.sessions() as session:
             return (await session.exec(statement)).all()
 
+    async def created_since(self, since: datetime) -> Sequence[Job]:
+        """Every job created at or after ``since``, oldest first."""
+        statement = select(Job).where(col(Job.created_at) >= since).order_by(col(Job.created_at))
+        async with self.database.sessions() as session:
+            return (await session.exec(statement)).all()
+
     async def transitions(self, job_id: str) -> Sequence[JobTransition]:
         async with self.database.sessions() as session:
             statement = (

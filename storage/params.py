@@ -33,6 +33,10 @@ class JobParams(BaseModel):
     """A button's job: (channel id, message id) of the message whose buttons must show it as used.
     Written with the job, before that edit is sent; cleared once it is made, so a restart makes the
     edits a killed process left (``bot.results.ResultService.pending_marks``)."""
+    replaced_message: tuple[str, int] | None = None
+    """(interaction token, message id) of the interaction message a long-waiting job is moving away from:
+    written before the new channel message is posted and kept until the old one is deleted, so a process
+    killed at any step finishes the move (``cogs.presenter.DiscordPresenter.move_aging_messages``)."""
 
     # what the engine is asked for (beyond the row's prompt, size, steps, seed and operation)
     aspect: tuple[int, int] | None = None

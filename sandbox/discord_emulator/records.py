@@ -88,6 +88,7 @@ class Message:
     deleted: bool = False
     deleted_at: float | None = None
     message_reference: dict[str, Any] | None = None
+    nonce: str | None = None
     # one snapshot per create/edit: {"time", "content", "attachments": [filenames], "custom_ids", "flags"}
     history: list[dict[str, Any]] = field(default_factory=list)
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 ACK_DEADLINE = 3.0  # seconds from interaction creation to the first callback
 TOKEN_LIFETIME = 15 * 60.0  # seconds an interaction token may be used for webhooks
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+NONCE_WINDOW = 5 * 60.0
+"""Seconds a message's nonce is remembered for ``enforce_nonce`` (Discord: "the past few minutes")."""
 
 
 def _truthy(value: str | None) -> bool:
@@ -280,7 +282,11 @@ class RestAPI:
 
     async def webhook_get(self, request: web.Request) -> web.Response:
         ix = self._webhook_interaction(request)
-        msg = self._webhook_message(ix, request.match_info["mid"])
+        try:
+            msg = self._webhook_message(ix, request.match_info["mid"])
+        except APIError as error:
+            error.violation = False  # asking whether a message exists breaks no rule: the 404 answers it
+            raise
         return self.emu._json(self.emu.payloads.message(msg))
 
     async def webhook_edit(self, request: web.Request) -> web.Response:
@@ -369,7 +375,13 @@ class RestAPI:
         emu = self.emu
         cid = self._channel(request)
         payload, uploads = await read_body(request)
+        nonce = payload.get("nonce")
+        if nonce is not None and payload.get("enforce_nonce"):
+            same = self._message_with_nonce(cid, str(nonce))
+            if same is not None:  # Discord: the earlier message is returned and no new one is made
+                return emu._json(emu.payloads.message(same))
         msg = Message(
+            nonce=None if nonce is None else str(nonce),
             id=emu.snowflakes.next(),
             channel_id=cid,
             author_id=emu.bot_user_id,
@@ -387,6 +399,19 @@ class RestAPI:
         msg.flags &= ~EPHEMERAL  # ephemeral exists only for interaction responses
         await emu._store_message(msg)
         return emu._json(emu.payloads.message(msg))
+
+    def _message_with_nonce(self, channel_id: int, nonce: str) -> Message | None:
+        """The bot's message in the channel created with ``nonce`` within ``NONCE_WINDOW`` seconds."""
+        now = self.emu.clock.now()
+        for msg in self.emu._messages.values():
+            if (
+                msg.channel_id == channel_id
+                and msg.nonce == nonce
+                and msg.author_id == self.emu.bot_user_id
+                and now - msg.created_at <= NONCE_WINDOW
+            ):
+                return msg
+        return None
 
     async def edit_message(self, request: web.Request) -> web.Response:
         emu = self.emu

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlmodel import select
 
 from storage.models import Job, LedgerEntry
 from storage.states import JobState
-from tests.e2e.harness import bot_settings, is_final_grid, running_bot, wait_for_message
+from tests.e2e.harness import InProcessBot, bot_settings, is_final_grid, running_bot, wait_for_message
+from tests.e2e.test_crash_windows import Freeze, kill, visible
 
 
 async def job_rows(bot):
@@ -71,4 +73,56 @@ async def test_queue_time_limit_ends_the_job_and_releases_its_reservation(emu, t
         )
         bot.scheduler.resume()
         assert bot.scheduler.waiting == 0
+    emu.assert_clean()
+
+
+@pytest.mark.parametrize("point", ["posted", "recorded", "deleted"])
+async def test_a_move_killed_at_any_point_leaves_one_message(emu, tiny_model_dir, tmp_path, point):
+    """The bot is killed right after posting the job's new channel message, after recording it, or after
+    deleting the old one: the next start finishes the move, and the user ends with one message."""
+    settings = bot_settings(emu, tiny_model_dir, tmp_path / "data")
+    runner = InProcessBot(settings)
+    bot = await runner.start(emu)
+    bot.scheduler.pause()
+    ix = await emu.invoke_slash("imagine", {"prompt": "a fox moved mid-crash"})
+    assert await ix.wait_for_response(3) == 5
+    await wait_for_message(emu, lambda m: m.id == ix.response_message_id and "Waiting to start" in m.content)
+    freeze = Freeze()
+    repo = bot.jobs.repo
+    post, update_fields = bot.jobs.presenter._post_once, repo.update_fields
+
+    async def posted_then_frozen(*args, **kwargs):
+        made = await post(*args, **kwargs)
+        if point == "posted":
+            await freeze.here()
+        return made
+
+    async def frozen_after_a_step(job_id, **fields):
+        await update_fields(job_id, **fields)
+        recorded = fields.get("interaction_token", ...) is None
+        deleted = "params" in fields and fields["params"].replaced_message is None
+        if (point == "recorded" and recorded) or (point == "deleted" and deleted):
+            await freeze.here()
+
+    bot.jobs.presenter._post_once = posted_then_frozen
+    repo.update_fields = frozen_after_a_step
+    emu.advance_clock(13.5 * 60)  # the token has 90 seconds left: the watchdog moves the message
+    await kill(runner, freeze)
+    assert len(visible(emu)) == (1 if point == "deleted" else 2)
+
+    runner = InProcessBot(settings)
+    bot = await runner.start(emu)
+    try:
+        (job,) = await job_rows(bot)
+        grid = await wait_for_message(
+            emu, lambda m: is_final_grid(m) and "a fox moved mid-crash" in m.content
+        )
+        await emu.wait_for(
+            lambda: emu.get_message(ix.response_message_id).deleted, timeout=10, what="deletion"
+        )
+        (job,) = await job_rows(bot)
+        assert job.message_id == grid.id and job.params.replaced_message is None
+    finally:
+        await runner.stop()
+    assert visible(emu) == [grid.id]
     emu.assert_clean()
