@@ -1,15 +1,16 @@
-"""Soak: many /imagine jobs through the real bot and the Discord emulator, with seeded random faults.
+"""Soak: many /imagine jobs through the real bot process and the Discord emulator, with seeded faults.
 
-How it runs: the emulator and the bot share one event loop in this process (as in the e2e tests). The
-engine is a fast stand-in (``SoakEngine``: a few progress steps, solid-colour tiles, no torch) so the run
-measures the front door, the job lifecycle, the ledger and the Discord layer, not denoising. Commands go
+How it runs: the emulator runs in this process; the bot runs as its own process (``python -m bot``'s
+``run()``, configured through environment variables like any deployment), with a fast stand-in engine
+(``SoakEngine``: a few progress steps, solid-colour tiles, no torch), so the run measures the front
+door, the job lifecycle, the ledger and the Discord layer, not denoising. Its database is SQLite in a
+temporary folder; this script reads it (read-only) to pace itself and to count at the end. Commands go
 out from ``--users`` members, at most ``--unanswered`` awaiting their answer and ``--in-flight`` jobs
-waiting or running at once. Faults are drawn up front from
-``--seed`` and injected after given job numbers, so a run with the same seed meets the same faults at
-the same points (their interleaving with the bot's own work still varies with timing):
+waiting or running at once. Faults are drawn up front from ``--seed`` and injected after given job
+numbers, so a run with the same seed meets the same faults at the same points (their interleaving with
+the bot's own work still varies with timing):
 
-- ``restart``: the bot is stopped and started again, with jobs in flight (a graceful in-process stop:
-  this script does not SIGKILL; ``tests/e2e/test_bot_process.py`` covers a killed process);
+- ``kill``: the bot process is SIGKILLed with jobs in flight, and started again;
 - ``engine``: the engine fails the jobs whose prompt hashes (with the seed) under ``--engine-failures``;
 - ``5xx`` / ``429``: the emulator answers the next 1–2 message edits with 500/502/503 or a 429;
 - ``reconnect`` / ``invalid-session``: gateway op 7 (the bot RESUMEs) / op 9 (it IDENTIFYs again).
@@ -18,6 +19,8 @@ It prints, with its seed: lost jobs (commands acknowledged whose job never reach
 message never showed one), duplicated (more than one job or more than one result message per command),
 double-charged (a ledger kind twice for one job, or a charge for a job that did not succeed), the ledger
 balance (every reservation released), and p50/p95 first feedback (command sent → interaction answered).
+Commands sent while the bot was dead or starting get no answer (Discord tells the user "the application
+did not respond"); they are counted apart and make no job.
 
     .venv/bin/python bench/soak.py --jobs 2000 --seed 1
 """
@@ -32,6 +35,8 @@ import logging
 import os
 import platform
 import random
+import signal
+import sqlite3
 import sys
 import tempfile
 import time
@@ -45,7 +50,8 @@ from PIL import Image  # noqa: E402
 
 from engine.base import CancelToken, EngineCancelled, EngineError, GenerationRequest, ProgressUpdate  # noqa: E402
 
-FAULTS = ("restart", "5xx", "429", "reconnect", "invalid-session")
+FAULTS = ("kill", "5xx", "429", "reconnect", "invalid-session")
+TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED")
 TIERS = """
 default = "soak"
 [quota]
@@ -70,7 +76,6 @@ class SoakEngine:
 
     def __init__(self, seed: int, failure_rate: float) -> None:
         self.seed, self.failure_rate = seed, failure_rate
-        self.calls = 0
 
     async def start(self) -> None: ...
 
@@ -83,7 +88,6 @@ class SoakEngine:
     async def generate(
         self, request: GenerationRequest, on_progress=None, cancel: CancelToken | None = None
     ) -> list[Image.Image]:
-        self.calls += 1
         for step in range(1, request.steps + 1):
             await asyncio.sleep(0.002)
             if cancel is not None and cancel.cancelled:
@@ -94,6 +98,19 @@ class SoakEngine:
             raise EngineError("The engine failed (injected by the soak).")
         colour = (request.seed % 256, 80, 160)
         return [Image.new("RGB", (request.width, request.height), colour) for _ in range(request.n)]
+
+
+def serve_bot(seed: int, failure_rate: float) -> int:
+    """The bot process (``--serve-bot``): ``python -m bot`` with the stand-in engine."""
+    from bot.__main__ import run
+    from bot.discord_endpoints import apply_discord_endpoints
+    from bot.logs import configure_logging
+    from bot.settings import load_settings
+
+    settings = load_settings()
+    configure_logging("WARNING", "text", [])
+    apply_discord_endpoints(settings.discord_api_base, settings.discord_gateway_url)
+    return asyncio.run(run(settings, engine_factory=lambda _: SoakEngine(seed, failure_rate)))
 
 
 @dataclass
@@ -110,7 +127,87 @@ class Command:
 class Run:
     commands: list[Command] = field(default_factory=list)
     faults: list[tuple[int, str]] = field(default_factory=list)
-    restarts: int = 0
+    kills: int = 0
+
+
+@dataclass
+class JobRow:
+    id: str
+    prompt: str
+    state: str
+    message_id: int | None
+
+
+@dataclass
+class LedgerRow:
+    job_id: str
+    kind: str
+    seconds: float
+
+
+class BotProcess:
+    """The bot as a child process; ``kill()`` is a SIGKILL, ``start()`` waits until it is connected."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, args: argparse.Namespace) -> None:
+        self.env, self.log_path, self.args = env, log_path, args
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, emu) -> None:
+        identified = emu.gateway.identifies
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--serve-bot",
+                "--seed",
+                str(self.args.seed),
+                "--engine-failures",
+                str(self.args.engine_failures),
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
+        await emu.wait_for(
+            lambda: emu.gateway.identifies > identified, timeout=120, what="the bot to connect"
+        )
+        await emu.wait_until_ready(timeout=60)
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop(self) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), 60)
+
+
+class Database:
+    """The bot's SQLite file, read-only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _query(self, sql: str) -> list[tuple]:
+        if not self.path.exists():
+            return []
+        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30) as db:
+            return db.execute(sql).fetchall()
+
+    def unfinished(self) -> int:
+        marks = ", ".join(f"'{state}'" for state in TERMINAL)
+        return self._query(f"SELECT count(*) FROM jobs WHERE state NOT IN ({marks})")[0][0]
+
+    def jobs(self) -> list[JobRow]:
+        return [JobRow(*row) for row in self._query("SELECT id, prompt, state, message_id FROM jobs")]
+
+    def ledger(self) -> list[LedgerRow]:
+        return [LedgerRow(*row) for row in self._query("SELECT job_id, kind, seconds FROM quota_ledger")]
+
+    def engine_runs(self) -> int:
+        return self._query("SELECT count(*) FROM job_transitions WHERE to_state = 'PROCESSING'")[0][0]
 
 
 def plan_faults(rng: random.Random, jobs: int, count: int) -> list[tuple[int, str]]:
@@ -118,11 +215,11 @@ def plan_faults(rng: random.Random, jobs: int, count: int) -> list[tuple[int, st
     return [(point, rng.choice(FAULTS)) for point in points]
 
 
-async def inject(emu, runner, fault: str, rng: random.Random, run: Run) -> None:
-    if fault == "restart":
-        await runner.stop()
-        await runner.start(emu)
-        run.restarts += 1
+async def inject(emu, bot: BotProcess, fault: str, rng: random.Random, run: Run) -> None:
+    if fault == "kill":
+        await bot.kill()
+        await bot.start(emu)
+        run.kills += 1
     elif fault == "5xx":
         emu.force_status(
             rng.choice((500, 502, 503)), method="PATCH", path_contains="/messages/", count=rng.randint(1, 2)
@@ -136,14 +233,8 @@ async def inject(emu, runner, fault: str, rng: random.Random, run: Run) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
-    from sqlmodel import select
-
-    from bot.app import ImagineBot
-    from bot.discord_endpoints import apply_discord_endpoints
     from sandbox.discord_emulator import DiscordEmulator
-    from storage.models import Job, LedgerEntry
-    from storage.states import JobState
-    from tests.e2e.harness import bot_settings, is_final_grid, wait_for_bot
+    from tests.e2e.harness import bot_environment, is_final_grid
 
     rng = random.Random(args.seed)
     emu = DiscordEmulator()
@@ -151,49 +242,36 @@ async def main(args: argparse.Namespace) -> int:
     users = [emu.default_user] + [emu.add_user(f"soak{i}") for i in range(1, args.users)]
     run = Run(faults=plan_faults(rng, args.jobs, args.faults))
     folder = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
-    tiers = Path(folder.name) / "tiers.toml"
-    tiers.write_text(TIERS)
-    settings = bot_settings(
+    root = Path(folder.name)
+    (root / "tiers.toml").write_text(TIERS)
+    env = os.environ | bot_environment(
         emu,
-        Path(folder.name),
-        Path(folder.name) / "data",
-        tiers_file=str(tiers),
+        root,
+        root / "data",
+        tiers_file=root / "tiers.toml",
         model_steps=4,
         progress_edits_per_second=40,
         permutation_confirm_over=10,
     )
-    engine = SoakEngine(args.seed, args.engine_failures)
-
-    class Runner:
-        bot: ImagineBot | None = None
-        task: asyncio.Task | None = None
-
-        async def start(self, emu) -> None:
-            apply_discord_endpoints(settings.discord_api_base, settings.discord_gateway_url)
-            self.bot = ImagineBot(settings, engine, guild_ready_timeout=0.05, watchdog_interval=0.5)
-            self.task = asyncio.create_task(self.bot.start(settings.discord_token.get_secret_value()))
-            await wait_for_bot(emu, self.task)
-
-        async def stop(self) -> None:
-            assert self.bot is not None and self.task is not None
-            await self.bot.close()
-            await asyncio.gather(self.task, return_exceptions=True)
-
-    runner = Runner()
-    await runner.start(emu)
+    database = Database(root / "data" / "imaginebot.db")
+    bot = BotProcess(env, root / "bot.log", args)
+    await bot.start(emu)
     faults = collections.deque(run.faults)
     started = time.perf_counter()
     pending: set[asyncio.Task] = set()
 
     async def answered(command: Command) -> None:
-        command.kind = await command.interaction.wait_for_response(30)
+        try:
+            command.kind = await command.interaction.wait_for_response(30)
+        except TimeoutError:
+            return  # the bot was dead or starting: Discord says "the application did not respond"
         command.answered = time.perf_counter()
 
     try:
         for index in range(args.jobs):
             while faults and faults[0][0] == index:
-                await inject(emu, runner, faults.popleft()[1], rng, run)
-            await _room(runner, args.in_flight)
+                await inject(emu, bot, faults.popleft()[1], rng, run)
+            await _room(database, args.in_flight)
             while len(pending) >= args.unanswered:  # Discord allows 3 s per answer: do not outrun the bot
                 _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             prompt = f"soak job {index} --seed {index}"
@@ -208,40 +286,34 @@ async def main(args: argparse.Namespace) -> int:
         await asyncio.gather(*pending, return_exceptions=True)
         try:
             await emu.wait_for(
-                lambda: _all_ended(runner.bot, Job, JobState), timeout=args.settle, what="all jobs to end"
+                lambda: database.unfinished() == 0, timeout=args.settle, what="all jobs to end"
             )
         except TimeoutError:
             print(f"soak: jobs still unfinished {args.settle:.0f} s after the last command (counted as lost)")
     finally:
         elapsed = time.perf_counter() - started
-        bot = runner.bot
-        assert bot is not None
-        async with bot.database.sessions() as session:
-            jobs = list((await session.exec(select(Job))).all())
-            ledger = list((await session.exec(select(LedgerEntry))).all())
+        exit_code = await bot.stop()
+        jobs, ledger, engine_runs = database.jobs(), database.ledger(), database.engine_runs()
         messages = emu.messages()
-        await runner.stop()
         await emu.stop()
+        log_tail = (root / "bot.log").read_text(errors="replace")[-3000:]
         folder.cleanup()
 
-    _report(args, run, jobs, ledger, messages, elapsed, is_final_grid, JobState, engine)
+    _report(args, run, jobs, ledger, messages, elapsed, is_final_grid, engine_runs)
+    if exit_code != 0:
+        print(f"  the bot exited with {exit_code} at the end; its log ends:\n{log_tail}")
     return 0
 
 
-async def _room(runner, in_flight: int) -> None:
-    """Until fewer than ``in_flight`` jobs wait or run in the bot (a benchmark may poll)."""
+async def _room(database: Database, in_flight: int) -> None:
+    """Until fewer than ``in_flight`` jobs wait or run in the bot (another process: it is polled)."""
     while True:
-        scheduler = runner.bot.scheduler
-        if len(scheduler.running) + scheduler.waiting < in_flight:
+        if database.unfinished() < in_flight:
             return
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
 
 
-async def _all_ended(bot, Job, JobState) -> bool:  # noqa: N803
-    return not await bot.jobs.repo.unfinished()
-
-
-def _report(args, run, jobs, ledger, messages, elapsed, is_final_grid, JobState, engine) -> None:  # noqa: N803
+def _report(args, run, jobs, ledger, messages, elapsed, is_final_grid, engine_runs) -> None:
     deferred = [c for c in run.commands if c.kind == 5]
     refused = [c for c in run.commands if c.kind == 4]
     unanswered = [c for c in run.commands if c.kind is None]
@@ -252,7 +324,7 @@ def _report(args, run, jobs, ledger, messages, elapsed, is_final_grid, JobState,
     for command in deferred:
         text = command.prompt.split(" --")[0]
         rows = [job for job in jobs if job.prompt == text]
-        if not rows or not all(JobState(job.state).terminal for job in rows):
+        if not rows or not all(job.state in TERMINAL for job in rows):
             lost += 1
             continue
         message = by_message.get(rows[0].message_id) if rows[0].message_id else None
@@ -260,27 +332,29 @@ def _report(args, run, jobs, ledger, messages, elapsed, is_final_grid, JobState,
             is_final_grid(message) or "❌" in message.content or "Canceled" in message.content
         )
         lost += 0 if ended else 1
-    grid_ids = collections.Counter()
+    grid_ids: collections.Counter[str] = collections.Counter()
     for message in messages:
         if not message.deleted and is_final_grid(message):
             grid_ids[message.custom_ids()[0].split(":")[2]] += 1
     duplicated_messages = sum(n - 1 for n in grid_ids.values() if n > 1)
     kinds = collections.defaultdict(list)
     for entry in ledger:
-        kinds[entry.job_id].append(str(entry.kind))
-    state_of = {job.id: JobState(job.state) for job in jobs}
+        kinds[entry.job_id].append(entry.kind)
+    state_of = {job.id: job.state for job in jobs}
     double_charged = sum(
         1
         for job_id, k in kinds.items()
-        if len(k) != len(set(k)) or ("charge" in k and state_of.get(job_id) != JobState.SUCCEEDED)
+        if len(k) != len(set(k)) or ("charge" in k and state_of.get(job_id) != "SUCCEEDED")
     )
-    unbalanced = sum(
-        1
-        for job_id, k in kinds.items()
-        if abs(sum(e.seconds for e in ledger if e.job_id == job_id and str(e.kind) in ("reserve", "release")))
-        > 1e-6
+    balance = collections.defaultdict(float)
+    for entry in ledger:
+        if entry.kind in ("reserve", "release"):
+            balance[entry.job_id] += entry.seconds
+    unbalanced = sum(1 for total in balance.values() if abs(total) > 1e-6)
+    states = collections.Counter(job.state for job in jobs)
+    from_unanswered = sum(
+        1 for c in unanswered if any(job.prompt == c.prompt.split(" --")[0] for job in jobs)
     )
-    states = collections.Counter(str(job.state) for job in jobs)
     firsts = sorted(c.answered - c.sent for c in run.commands if c.answered is not None)
 
     def pct(p: float) -> float:
@@ -290,13 +364,14 @@ def _report(args, run, jobs, ledger, messages, elapsed, is_final_grid, JobState,
     print(f"  machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} CPUs")
     fault_counts = collections.Counter(name for _, name in run.faults)
     print(
-        f"  faults: {dict(fault_counts)} (restarts done: {run.restarts}); engine failure rate {args.engine_failures}"
+        f"  faults: {dict(fault_counts)} (SIGKILLs done: {run.kills}); engine failure rate {args.engine_failures}"
     )
     print(
         f"  answers: {len(deferred)} deferred (jobs), {len(refused)} refused privately, "
-        f"{len(unanswered)} unanswered (they arrived while the bot was stopping or reconnecting: no job was made)"
+        f"{len(unanswered)} unanswered (sent while the bot was dead or starting; {from_unanswered} of them "
+        "had been saved before the kill and ran in a channel message)"
     )
-    print(f"  job states: {dict(states)}; engine calls {engine.calls}")
+    print(f"  job states: {dict(states)}; engine runs {engine_runs} (a killed run counts again)")
     print(
         f"  lost: {lost}   duplicated: {duplicated_jobs + duplicated_messages}   double-charged: {double_charged}"
     )
@@ -318,6 +393,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--engine-failures", type=float, default=0.02, help="share of jobs the engine fails")
     parser.add_argument("--seed", type=int, default=None, help="default: a random one (printed)")
     parser.add_argument("--settle", type=float, default=300.0, help="seconds to wait for the last jobs")
+    parser.add_argument("--serve-bot", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1_000_000)
@@ -325,5 +401,8 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    arguments = parse_args()
+    if arguments.serve_bot:
+        sys.exit(serve_bot(arguments.seed, arguments.engine_failures))
     logging.basicConfig(level=logging.ERROR)
-    sys.exit(asyncio.run(main(parse_args())))
+    sys.exit(asyncio.run(main(arguments)))

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import discord
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("bot")
 
 
-async def run(settings: Settings) -> int:
+async def run(settings: Settings, engine_factory: Callable[[Settings], Engine] = build_engine) -> int:
+    """The bot process: claim the database, load the engine, serve Discord until a signal.
+
+    ``engine_factory``: what makes the engine from the settings (``bench/soak.py`` passes a stand-in)."""
     from bot.app import ImagineBot  # imports discord.py cogs; after settings are known to be valid
 
     try:
@@ -51,16 +55,20 @@ async def run(settings: Settings) -> int:
         print(f"imaginebot: database: {error}", file=sys.stderr)
         return 2
     try:
-        return await _run_owned(settings, tiers, ownership, ImagineBot)
+        return await _run_owned(settings, tiers, ownership, ImagineBot, engine_factory)
     finally:
         await ownership.close()
 
 
 async def _run_owned(
-    settings: Settings, tiers: TierConfig, ownership: Ownership, bot_class: type[ImagineBot]
+    settings: Settings,
+    tiers: TierConfig,
+    ownership: Ownership,
+    bot_class: type[ImagineBot],
+    engine_factory: Callable[[Settings], Engine],
 ) -> int:
     try:
-        engine = build_engine(settings)
+        engine = engine_factory(settings)
     except EngineError as error:
         print(f"imaginebot: ENGINE: {error}", file=sys.stderr)
         return 2
