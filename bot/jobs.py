@@ -93,9 +93,13 @@ CHILD_OPERATIONS: dict[str, frozenset[Operation]] = {
 }
 """The kinds of job a button makes, with the engine operations a single image's buttons may ask for."""
 
-_NOT_INHERITED = frozenset({"note", "init_image_key", "strength", "n", "reply_to", "remixed", "mark_message"})
-"""Parent params that describe the parent only (its queue note, its image prompt, its img2img knobs)."""
-_NOT_INHERITED_BY_REROLL = frozenset({"note", "n", "reply_to", "remixed", "mark_message"})
+_PARENT_ONLY = frozenset(
+    {"note", "n", "reply_to", "remixed", "mark_message", "awaiting_image", "replaced_message"}
+)
+"""Parent params about the parent's own message and queue (its note, links, marks, message moves)."""
+_NOT_INHERITED = _PARENT_ONLY | {"init_image_key", "strength"}
+"""Parent params that describe the parent only (also its image prompt and its img2img knobs)."""
+_NOT_INHERITED_BY_REROLL = _PARENT_ONLY
 
 MAX_ATTEMPTS = 3
 """Runs a job gets before it is given up: a job that took the process down this often (a CUDA fault, the
@@ -117,6 +121,19 @@ class Origin:
 
 
 Acknowledge = Callable[[], Awaitable[Origin]]
+
+LoadImage = Callable[[], Awaitable[str]]
+"""Fetches, decodes and stores a job's image prompt; returns its key in the image store. Raises
+``AdmissionRefused`` with a reason for the user when the image cannot be used."""
+
+NOT_ACKNOWLEDGED = (
+    "Discord did not accept the command's answer, so the job did not start. Nothing was charged."
+)
+
+IMAGE_NOT_LOADED = (
+    "The bot restarted while it was loading your image, so this job did not start. "
+    "Nothing was charged; please send it again."
+)
 
 
 class JobPresenter(Protocol):
@@ -204,6 +221,7 @@ class JobService:
         init_image_key: str | None = None,
         *,
         expected: Origin | None = None,
+        load_image: LoadImage | None = None,
     ) -> Job:
         """Admit and queue a grid job (``init_image_key``: a stored image prompt).
 
@@ -212,33 +230,17 @@ class JobService:
         before (channel, interaction token), saved with the job so that a crash right after the
         acknowledgement loses nothing. Raises ``AdmissionRefused`` or ``TimeoutError`` before anything is
         saved, charged or acknowledged: the caller can still answer privately.
-        """
-        job = self._imagine_job(user_id, parsed, init_image_key)
-        return await self._submit(job, acknowledge, user_name, parsed.mode or mode, expected=expected)
 
-    async def precheck_imagine(
-        self,
-        user_id: int,
-        parsed: ParsedPrompt,
-        user_name: str = "",
-        mode: str | None = None,
-        *,
-        image_prompt: bool = False,
-    ) -> None:
-        """Admission (bans, blocks, tier limits, queue caps, quota) for a grid job not made yet, without
-        saving, charging or acknowledging anything: the caller refuses *before* costly work for the job,
-        such as downloading and decoding its image prompt. ``submit_imagine`` admits again (things may
-        change meanwhile). Raises ``AdmissionRefused`` or ``TimeoutError``."""
-        job = self._imagine_job(user_id, parsed, "" if image_prompt else None, seed=0)
-        job.model = self.defaults.model
-        lock = self.quotas.lock(user_id)
-        deadline = Deadline(ADMISSION_TIMEOUT)
-        async with asyncio.timeout(deadline.left()):
-            await lock.acquire()
-        try:
-            await deadline.wait(self._admission(job, user_name, parsed.mode or mode))
-        finally:
-            lock.release()
+        ``load_image``: an image prompt still to be fetched. It is called only after the job is admitted,
+        saved and acknowledged (a refused user's image is never fetched, and fetching may take longer
+        than Discord's 3 s); if it raises, the saved job ends FAILED, uncharged, and the error is raised.
+        """
+        job = self._imagine_job(user_id, parsed, "" if load_image is not None else init_image_key)
+        if load_image is not None:
+            job.params = job.params.but(init_image_key=None, awaiting_image=True)
+        return await self._submit(
+            job, acknowledge, user_name, parsed.mode or mode, expected=expected, load_image=load_image
+        )
 
     async def discard_input_image(self, key: str) -> bool:
         """Delete a stored image prompt that no job references (its job was refused after the image was
@@ -358,8 +360,10 @@ class JobService:
         mode: str | None = None,
         *,
         expected: Origin | None = None,
+        load_image: LoadImage | None = None,
     ) -> Job:
-        """Admit, save (DRAFT, with its reservation), acknowledge, then queue the job.
+        """Admit, save (DRAFT, with its reservation), acknowledge, load its image prompt (if it has one
+        still to load), then queue the job.
 
         The row is written *before* the acknowledgement: once the user sees "thinking…", a crash at any
         point leaves a row that the next start recovers (``_recover_one``); the presenter finds the
@@ -390,11 +394,16 @@ class JobService:
         finally:
             lock.release()
         try:
-            origin = await acknowledge()
-        except Exception:  # Discord refused the acknowledgement (a cancelled task leaves the row to recovery)
-            await self._abandon_draft(job)
+            _place(job, await acknowledge())
+            if load_image is not None:
+                key = await load_image()
+                job.params = job.params.but(init_image_key=key, awaiting_image=False)
+        except AdmissionRefused as refusal:  # the image could not be used: the reason is the user's
+            await self._abandon_draft(job, str(refusal))
             raise
-        _place(job, origin)
+        except Exception:  # Discord refused the acknowledgement (a cancelled task, the bot stopping,
+            await self._abandon_draft(job, NOT_ACKNOWLEDGED)  # leaves the row to the next start)
+            raise
         try:
             job = await self.repo.transition(
                 job.id,
@@ -404,18 +413,23 @@ class JobService:
                 message_id=job.message_id,
                 application_id=job.application_id,
                 interaction_token=job.interaction_token,
+                params=job.params,
             )
         except InvalidTransition:
-            # a restarted process recovered the row meanwhile (it queues the job): only say where it is
+            # a restarted process recovered the row meanwhile (it queues the job, or fails it if it was
+            # still waiting for its image): only say where its message is
             await self.repo.update_fields(job.id, message_id=job.message_id)
+            if job.params.init_image_key:
+                await self.discard_input_image(job.params.init_image_key)
             return await self.repo.get(job.id)
         return await self._enqueue(job)
 
-    async def _abandon_draft(self, job: Job) -> None:
-        """The command could not be acknowledged: end the saved job, its reservation released, silently
-        (there is no message to tell it in)."""
+    async def _abandon_draft(self, job: Job, reason: str) -> None:
+        """The command could not be acknowledged, or its image prompt not used: end the saved job FAILED
+        with ``reason``, its reservation released, silently (the caller answers the user if Discord lets
+        it). The row stays, as every ended job does: ``/jobs`` lists it with the reason."""
         try:
-            await self._end(job, JobState.FAILED, "The command could not be acknowledged.")
+            await self._end(job, JobState.FAILED, reason)
         except InvalidTransition:
             pass  # a restarted process took it over
 
@@ -737,6 +751,9 @@ class JobService:
             if stored:
                 await self._publish(job, stored)
                 return
+        if state == JobState.DRAFT and job.params.awaiting_image:
+            await self._finish_unsuccessfully(job, JobState.FAILED, IMAGE_NOT_LOADED)
+            return
         if state == JobState.DRAFT:
             job = await self.repo.transition(job.id, JobState.SUBMITTED, note="recovered")
             state = JobState.SUBMITTED

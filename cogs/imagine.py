@@ -5,8 +5,9 @@ privately before the interaction is acknowledged. Image prompts (an attachment, 
 IMAGE_URLS is on) are downloaded only once the job is admitted (bans, quota, queue caps, moderation: a
 refused user's image is never fetched), after a public "thinking…" acknowledgement, because that can take
 longer than Discord's 3 seconds; a bad image then edits that message, and nothing is queued or charged.
-Downloads and decodes are bounded per user and bot-wide (``bot.decode_gate``), and an image stored for a
-job that was refused after all is deleted again.
+The job is saved before the acknowledgement, so a bot stopped while it fetches the image tells the user
+at its next start that the job did not start (uncharged). Downloads and decodes are bounded per user and
+bot-wide (``bot.decode_gate``).
 
 Precedence of parameters: the prompt's own ``--parameters`` > the user's ``/prefer suffix`` (only fills
 parameters the prompt lacks) > the user's ``/settings`` > the server defaults.
@@ -25,10 +26,10 @@ from PIL import Image
 from bot.app import ImagineBot
 from bot.decode_gate import DecodeBusy, DecodeGate
 from bot.intake import IntakeRefused
-from bot.jobs import Acknowledge, Origin
+from bot.jobs import Acknowledge, LoadImage, Origin
 from bot.prompt import ParsedPrompt
 from bot.quotas import AdmissionRefused
-from cogs.submitting import BUSY, answer_privately, expected_origin, submit_job
+from cogs.submitting import expected_origin, submit_job
 from engine.safe_fetch import ImageFetchError, fetch_image, load_attachment_image
 from storage.models import Job
 
@@ -106,6 +107,7 @@ class ImagineCog(commands.Cog):
         key: str | None = None,
         *,
         expected: Origin | None = None,
+        load_image: LoadImage | None = None,
     ) -> Job:
         return await self.bot.jobs.submit_imagine(
             interaction.user.id,
@@ -114,6 +116,7 @@ class ImagineCog(commands.Cog):
             user_name=interaction.user.name,
             init_image_key=key,
             expected=expected,
+            load_image=load_image,
         )
 
     def _channel_origin(self, interaction: discord.Interaction) -> Acknowledge:
@@ -125,47 +128,25 @@ class ImagineCog(commands.Cog):
     async def _start_with_image(
         self, interaction: discord.Interaction, parsed: ParsedPrompt, image: discord.Attachment | None
     ) -> Job | None:
-        """Admit first (nothing is fetched for a refused job), then fetch and decode the image within the
-        decode bounds, then queue; an image stored for a job that was refused after all is deleted."""
-        try:
-            await self.bot.jobs.precheck_imagine(
-                interaction.user.id, parsed, user_name=interaction.user.name, image_prompt=True
-            )
-        except AdmissionRefused as refusal:
-            await answer_privately(interaction, str(refusal))
-            return None
-        except TimeoutError:
-            await answer_privately(interaction, BUSY)
-            return None
-        response = await interaction.response.defer(thinking=True)
-        origin = Origin(
-            channel_id=interaction.channel_id or 0,
-            guild_id=interaction.guild_id,
-            application_id=interaction.application_id,
-            interaction_token=interaction.token,
-            message_id=response.message_id if response else None,
-        )
-        try:
-            async with self.decodes.slot(interaction.user.id):
-                picture = await self._load_image(parsed, image)
-        except ImageFetchError as error:
-            await answer_privately(interaction, f"That image could not be used: {error}")
-            return None
-        except DecodeBusy as busy:
-            await answer_privately(interaction, str(busy))
-            return None
-        key = await self.bot.jobs.store.put_image(picture)
+        """The job is admitted, saved and acknowledged first (nothing is fetched for a refused job), then
+        its image is fetched and decoded within the decode bounds and stored, then it is queued."""
 
-        async def already_acknowledged() -> Origin:
-            return origin
+        async def load_image() -> str:
+            try:
+                async with self.decodes.slot(interaction.user.id):
+                    picture = await self._load_image(parsed, image)
+            except ImageFetchError as error:
+                raise AdmissionRefused(f"That image could not be used: {error}") from error
+            except DecodeBusy as busy:
+                raise AdmissionRefused(str(busy)) from busy
+            return await self.bot.jobs.store.put_image(picture)
 
-        job = await submit_job(
+        return await submit_job(
             interaction,
-            lambda _: self._submit(interaction, parsed, already_acknowledged, key, expected=origin),
+            lambda ack: self._submit(
+                interaction, parsed, ack, expected=expected_origin(interaction), load_image=load_image
+            ),
         )
-        if job is None:  # refused after all (the queue filled meanwhile...): keep no orphan image
-            await self.bot.jobs.discard_input_image(key)
-        return job
 
     async def _load_image(self, parsed: ParsedPrompt, image: discord.Attachment | None) -> Image.Image:
         """The job's one image prompt (``Intake`` refuses more than ``MAX_IMAGE_PROMPTS``)."""

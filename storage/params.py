@@ -33,6 +33,9 @@ class JobParams(BaseModel):
     """A button's job: (channel id, message id) of the message whose buttons must show it as used.
     Written with the job, before that edit is sent; cleared once it is made, so a restart makes the
     edits a killed process left (``bot.results.ResultService.pending_marks``)."""
+    awaiting_image: bool = False
+    """An image prompt job saved before its image was fetched (``JobService.submit_imagine``): a
+    process that stops before the image is stored leaves it for the next start to fail, uncharged."""
     replaced_message: tuple[str, int] | None = None
     """(interaction token, message id) of the interaction message a long-waiting job is moving away from:
     written before the new channel message is posted and kept until the old one is deleted, so a process

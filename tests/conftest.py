@@ -11,6 +11,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several workers share the cores: one torch (OpenMP) thread each, inherited by the processes they
+    # start. With torch's default (one thread per core) in every worker, the threads' spin-waits starve each
+    # other: 4 copies of test_edit_budget.py's many-jobs test took over 60 s each instead of 24 s.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

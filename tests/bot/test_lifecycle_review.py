@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from sqlalchemy.exc import OperationalError
 
-from bot.jobs import CRASHED_REASON, STORE_FAILED_REASON
+from bot.jobs import CRASHED_REASON, IMAGE_NOT_LOADED, STORE_FAILED_REASON
 from bot.prompt import parse_prompt
 from bot.quotas import AdmissionRefused
 from engine.base import EngineCancelled, ProgressUpdate
@@ -224,16 +224,65 @@ async def test_a_late_progress_update_never_follows_timed_out(parts):
     assert [event for event, job_id, _ in presenter.events if job_id == job.id] == ["queued", "failed"]
 
 
-async def test_precheck_refuses_without_saving_anything(parts):
-    """Item 14: the image prompt's admission can be decided before the image is fetched."""
+async def test_a_refused_image_prompt_is_never_loaded_and_saves_nothing(parts):
+    """Item 14: the image prompt's admission is decided before the image is fetched."""
     jobs, _ = service(parts)
+    loads = []
+
+    async def load_image() -> str:
+        loads.append(1)
+        return await jobs.store.put_image(Image.new("RGB", (8, 8)))
+
     await jobs.quotas.users.update(10, banned=True, ban_reason="spam")
     with pytest.raises(AdmissionRefused, match="banned"):
-        await jobs.precheck_imagine(10, parse_prompt("make it blue"), image_prompt=True)
-    assert await jobs.repo.unfinished() == [] and await jobs.quotas.ledger.entries() == []
+        await jobs.submit_imagine(10, acknowledge, parse_prompt("make it blue"), load_image=load_image)
+    assert loads == [] and await jobs.repo.unfinished() == [] and await jobs.quotas.ledger.entries() == []
     await jobs.quotas.users.update(10, banned=False)
-    await jobs.precheck_imagine(10, parse_prompt("make it blue"), image_prompt=True)  # admitted: no error
+    job = await jobs.submit_imagine(10, acknowledge, parse_prompt("make it blue"), load_image=load_image)
+    assert loads == [1] and job.params.init_image_key and not job.params.awaiting_image
+
+
+async def test_an_unusable_image_ends_the_saved_job_uncharged(parts):
+    jobs, presenter = service(parts)
+
+    async def unusable() -> str:
+        raise AdmissionRefused("That image could not be used: not an image")
+
+    with pytest.raises(AdmissionRefused, match="not an image"):
+        await jobs.submit_imagine(10, acknowledge, parse_prompt("make it blue"), load_image=unusable)
     assert await jobs.repo.unfinished() == []
+    entries = await jobs.quotas.ledger.entries()
+    assert sorted(str(e.kind) for e in entries) == ["release", "reserve"]
+    assert sum(e.seconds for e in entries) == pytest.approx(0)
+    assert presenter.events == []  # the caller answers the user; the presenter shows nothing
+
+
+async def test_a_job_stopped_while_loading_its_image_fails_at_the_next_start(parts):
+    """A process stopped after the acknowledgement, before the image was stored: the job cannot run."""
+    jobs, presenter = service(parts)
+    started = asyncio.Event()
+
+    async def slow_image() -> str:
+        started.set()
+        await asyncio.Event().wait()  # the process dies here
+        raise AssertionError("never reached")
+
+    submit = asyncio.create_task(
+        jobs.submit_imagine(10, acknowledge, parse_prompt("make it blue"), load_image=slow_image)
+    )
+    await started.wait()
+    submit.cancel()  # like a killed process: nothing more is written
+    with pytest.raises(asyncio.CancelledError):
+        await submit
+    (draft,) = await jobs.repo.unfinished()
+    assert draft.state == JobState.DRAFT and draft.params.awaiting_image
+
+    assert await jobs.recover() == 1
+    job = await jobs.repo.get(draft.id)
+    assert job.state == JobState.FAILED
+    assert presenter.of(job.id, "failed") == [IMAGE_NOT_LOADED]
+    entries = await jobs.quotas.ledger.entries()
+    assert sorted(str(e.kind) for e in entries) == ["release", "reserve"]
 
 
 async def test_an_input_image_no_job_references_is_deleted(parts):

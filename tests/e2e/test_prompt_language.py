@@ -15,7 +15,7 @@ from PIL import Image
 from sqlmodel import col, select
 
 from engine.safe_fetch import FetchPolicy
-from storage.models import AuditEntry, Job
+from storage.models import AuditEntry, Job, LedgerEntry
 from storage.states import JobState
 from tests.e2e.harness import bot_settings, is_final_grid, running_bot, wait_for_message
 from tests.e2e.test_tiers_and_admin import command
@@ -25,7 +25,14 @@ DEFERRED, MESSAGE = 5, 4
 
 async def jobs_of(bot, *where) -> list[Job]:
     async with bot.database.sessions() as session:
-        return list((await session.exec(select(Job).where(*where))).all())
+        statement = select(Job).where(*where).order_by(col(Job.created_at))
+        return list((await session.exec(statement)).all())
+
+
+async def charges_of(bot, job_id: str) -> list[LedgerEntry]:
+    async with bot.database.sessions() as session:
+        statement = select(LedgerEntry).where(LedgerEntry.job_id == job_id, LedgerEntry.kind == "charge")
+        return list((await session.exec(statement)).all())
 
 
 async def imagine_and_wait(emu, prompt, user=None, **kwargs):
@@ -172,7 +179,10 @@ async def test_an_attached_image_is_an_image_prompt(emu, tiny_model_dir, tmp_pat
         answer = await wait_for_message(
             emu, lambda m: m.id == ix.response_message_id and "could not be used" in m.content
         )
-        assert not answer.custom_ids() and len(await jobs_of(runner.bot)) == 1
+        assert not answer.custom_ids()
+        _, refused = await jobs_of(runner.bot)  # saved before the image was read, then ended uncharged
+        assert refused.state == JobState.FAILED and refused.error == answer.content
+        assert await charges_of(runner.bot, refused.id) == []
     emu.assert_clean()
 
 
@@ -223,12 +233,14 @@ async def test_image_links_when_turned_on(emu, tiny_model_dir, tmp_path):
             "That image could not be used: The image link points to a private or internal network address; "
             "only public addresses are allowed."
         )
-        assert seen == [] and await jobs_of(runner.bot) == []
+        (refused,) = await jobs_of(runner.bot)  # saved before the link was read, then ended uncharged
+        assert seen == [] and (refused.state, refused.error) == (JobState.FAILED, answer.content)
+        assert await charges_of(runner.bot, refused.id) == []
 
         good = f"http://127.0.0.2:{ports['127.0.0.2']}/good.png"
         grid = await imagine_and_wait(emu, f"{good} make it blue")
         assert seen == [f"127.0.0.2:{ports['127.0.0.2']} /good.png"]
-        (job,) = await jobs_of(runner.bot)
+        _, job = await jobs_of(runner.bot)
         assert job.operation == "img2img" and grid.attachments
         init = await runner.bot.jobs.store.get_image(job.params.init_image_key)
         expected = Image.open(io.BytesIO(served)).convert("RGB")

@@ -29,8 +29,8 @@ TOKEN = "e2e-engine-token"
 
 
 class EngineServer:
-    def __init__(self, model_dir: Path, log_path: Path) -> None:
-        self.model_dir, self.log_path = model_dir, log_path
+    def __init__(self, model_dir: Path, log_path: Path, data_dir: Path) -> None:
+        self.model_dir, self.log_path, self.data_dir = model_dir, log_path, data_dir
         self.process: asyncio.subprocess.Process | None = None
         self.url = ""
 
@@ -43,6 +43,9 @@ class EngineServer:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": "1",  # two servers share 2 cores
+            # its own job database: a shared one (the default ./data/engine) would answer a prompt an
+            # earlier run made from its result cache at once, and two servers would share one file
+            "ENGINE_DATA_DIR": str(self.data_dir),
         }
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", "0",
@@ -78,7 +81,9 @@ class EngineServer:
 
 
 async def test_two_engine_servers_spread_and_fail_over(emu, tiny_model_dir, tmp_path):
-    servers = [EngineServer(tiny_model_dir, tmp_path / f"engine{i}.log") for i in range(2)]
+    servers = [
+        EngineServer(tiny_model_dir, tmp_path / f"engine{i}.log", tmp_path / f"engine{i}") for i in range(2)
+    ]
     await asyncio.gather(*(s.start() for s in servers))
     engine_setting = ",".join(s.url.replace("http://", f"http://{TOKEN}@") for s in servers)
     settings = bot_settings(
