@@ -48,6 +48,13 @@ def _forget(task: asyncio.Future[Any]) -> None:
         log.info("work its caller gave up on ended with %s", type(task.exception()).__name__)
 
 
+ANSWER_BUDGET = 2.5
+"""Seconds from an interaction's arrival that the checks before its answer may take together (database
+lookups, the per-user admission lock, admission, saving the job): Discord allows 3 s, and the rest is for
+the answer's own request. One budget for all of them, so admission gets whatever the lookups left: six
+buttons clicked at once by one user queue on that user's admission lock."""
+
+
 class Deadline:
     """A time by which an interaction must be answered; each wait on the way gets what is left of it."""
 

@@ -106,7 +106,8 @@ MAX_ATTEMPTS = 3
 kernel's out-of-memory killer) ends FAILED at the next start instead of taking the bot down again."""
 
 ADMISSION_TIMEOUT = 1.5
-"""Seconds admission may take before the interaction must be answered (Discord allows 3)."""
+"""Seconds admission may take (the per-user lock included) when the caller gives no ``answer_by``: what is
+left of an interaction's ``bot.deadline.ANSWER_BUDGET``."""
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ class JobService:
         *,
         expected: Origin | None = None,
         load_image: LoadImage | None = None,
+        answer_by: Deadline | None = None,
     ) -> Job:
         """Admit and queue a grid job (``init_image_key``: a stored image prompt).
 
@@ -239,7 +241,13 @@ class JobService:
         if load_image is not None:
             job.params = job.params.but(init_image_key=None, awaiting_image=True)
         return await self._submit(
-            job, acknowledge, user_name, parsed.mode or mode, expected=expected, load_image=load_image
+            job,
+            acknowledge,
+            user_name,
+            parsed.mode or mode,
+            expected=expected,
+            load_image=load_image,
+            answer_by=answer_by,
         )
 
     async def discard_input_image(self, key: str) -> bool:
@@ -285,6 +293,7 @@ class JobService:
         remix: ParsedPrompt | None = None,
         extra_params: dict[str, object] | None = None,
         expected: Origin | None = None,
+        answer_by: Deadline | None = None,
     ) -> Job:
         """A job made from a button on ``parent``'s message.
 
@@ -332,7 +341,7 @@ class JobService:
         if kind == JobKind.UPSCALE and index is not None:
             job.seed = tile_seeds(parent.seed, index + 1)[index]
         # the clicker's own mode and tier (their /fast or /relax setting), not the parent's
-        return await self._submit(job, acknowledge, expected=expected)
+        return await self._submit(job, acknowledge, expected=expected, answer_by=answer_by)
 
     def _apply_remix(self, job: Job, parsed: ParsedPrompt) -> None:
         """Remix mode: the edited prompt replaces the parent's text and the knobs it sets."""
@@ -361,6 +370,7 @@ class JobService:
         *,
         expected: Origin | None = None,
         load_image: LoadImage | None = None,
+        answer_by: Deadline | None = None,
     ) -> Job:
         """Admit, save (DRAFT, with its reservation), acknowledge, load its image prompt (if it has one
         still to load), then queue the job.
@@ -376,7 +386,8 @@ class JobService:
         if job.kind != JobKind.UPSCALE and operation not in supported_operations(self.engine):
             raise AdmissionRefused(unsupported_message(operation))  # before anything is saved or charged
         lock = self.quotas.lock(job.user_id)
-        deadline = Deadline(ADMISSION_TIMEOUT)  # waiting for the lock counts too
+        # waiting for the lock counts too; ``answer_by``: what is left of the interaction's budget
+        deadline = answer_by if answer_by is not None else Deadline(ADMISSION_TIMEOUT)
         async with asyncio.timeout(deadline.left()):  # cancelling a lock's waiter is safe
             await lock.acquire()
         try:

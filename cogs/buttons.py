@@ -25,7 +25,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import ImagineBot
-from bot.deadline import Deadline, finish_within
+from bot.deadline import ANSWER_BUDGET, Deadline, finish_within
 from bot.edit_budget import EditBudget
 from bot.grid import encode_for_upload, make_grid
 from bot.intake import IntakeRefused
@@ -46,8 +46,7 @@ from storage.states import JobState
 log = logging.getLogger(__name__)
 
 LOOKUP_TIMEOUT = 1.2
-"""Seconds the database lookups of one click may take together before it is answered "busy"; admission
-then has ``bot.jobs.ADMISSION_TIMEOUT`` (1.5 s), which keeps the answer within Discord's 3 s."""
+"""Seconds ``/show`` waits for its database lookup before it answers "busy"."""
 FAVOURITE_SLOW = "The bot is busy: your ❤️ is being saved. No need to press it again."
 
 MODAL_TIMEOUT = 15 * 60.0
@@ -76,7 +75,7 @@ async def handle_click(
     bot: ImagineBot, interaction: discord.Interaction, action: str, job_id: str, tile: int | None
 ) -> None:
     spec = BUTTON_ACTIONS[action]
-    deadline = Deadline(LOOKUP_TIMEOUT)
+    deadline = Deadline(ANSWER_BUDGET)  # lookups, then admission: one budget (bot/deadline.py)
     try:
         parent, user = await deadline.wait(
             asyncio.gather(
@@ -165,6 +164,7 @@ async def _submit_child(
                 remix=remix,
                 extra_params=extra,
                 expected=expected_origin(interaction),
+                answer_by=deadline,
             ),
         )
         made = job is not None
@@ -209,7 +209,7 @@ async def _favourite(
     try:
         now_favourite = await finish_within(
             bot.results.toggle_favourite(interaction.user.id, job.id),
-            deadline.left() + LOOKUP_TIMEOUT,  # no admission after it: it may use that time too
+            deadline.left(),
         )
     except TimeoutError:  # the toggle still happens: pressing again would undo it
         await interaction.response.send_message(FAVOURITE_SLOW, ephemeral=True)
@@ -380,7 +380,7 @@ async def handle_remix_submit(bot: ImagineBot, interaction: discord.Interaction)
     if submit is None or interaction.extras.get(_HANDLED):
         return False
     interaction.extras[_HANDLED] = True
-    deadline = Deadline(LOOKUP_TIMEOUT)
+    deadline = Deadline(ANSWER_BUDGET)
     try:
         parent = await deadline.wait(bot.jobs.repo.find(submit.job_id))
     except TimeoutError:

@@ -24,6 +24,7 @@ from discord.ext import commands
 from PIL import Image
 
 from bot.app import ImagineBot
+from bot.deadline import ANSWER_BUDGET, Deadline
 from bot.decode_gate import DecodeBusy, DecodeGate
 from bot.intake import IntakeRefused
 from bot.jobs import Acknowledge, LoadImage, Origin
@@ -58,6 +59,7 @@ class ImagineCog(commands.Cog):
         self, interaction: discord.Interaction, prompt: str, image: discord.Attachment | None = None
     ) -> None:
         bot = self.bot
+        answer_by = Deadline(ANSWER_BUDGET)
         user = await bot.accounts.get(interaction.user.id, interaction.user.name)
         try:
             jobs = await bot.intake.read(user, prompt, attachments=1 if image else 0)
@@ -70,19 +72,26 @@ class ImagineCog(commands.Cog):
                 f"This prompt makes **{len(jobs)} jobs**. Start them all?", view=view, ephemeral=True
             )
             return
-        await self.start_jobs(interaction, jobs, image)
+        await self.start_jobs(interaction, jobs, image, answer_by)
 
     async def start_jobs(
-        self, interaction: discord.Interaction, jobs: list[ParsedPrompt], image: discord.Attachment | None
+        self,
+        interaction: discord.Interaction,
+        jobs: list[ParsedPrompt],
+        image: discord.Attachment | None,
+        answer_by: Deadline,
     ) -> None:
-        """The first job answers the interaction; the others get their own channel messages."""
+        """The first job answers the interaction (by ``answer_by``); the others get their own channel
+        messages."""
         first, *others = jobs
         if first.image_urls or image is not None:
-            started = await self._start_with_image(interaction, first, image)
+            started = await self._start_with_image(interaction, first, image, answer_by)
         else:
             started = await submit_job(
                 interaction,
-                lambda ack: self._submit(interaction, first, ack, expected=expected_origin(interaction)),
+                lambda ack: self._submit(
+                    interaction, first, ack, expected=expected_origin(interaction), answer_by=answer_by
+                ),
             )
         if started is None:
             return
@@ -108,6 +117,7 @@ class ImagineCog(commands.Cog):
         *,
         expected: Origin | None = None,
         load_image: LoadImage | None = None,
+        answer_by: Deadline | None = None,
     ) -> Job:
         return await self.bot.jobs.submit_imagine(
             interaction.user.id,
@@ -117,6 +127,7 @@ class ImagineCog(commands.Cog):
             init_image_key=key,
             expected=expected,
             load_image=load_image,
+            answer_by=answer_by,
         )
 
     def _channel_origin(self, interaction: discord.Interaction) -> Acknowledge:
@@ -126,7 +137,11 @@ class ImagineCog(commands.Cog):
         return acknowledge
 
     async def _start_with_image(
-        self, interaction: discord.Interaction, parsed: ParsedPrompt, image: discord.Attachment | None
+        self,
+        interaction: discord.Interaction,
+        parsed: ParsedPrompt,
+        image: discord.Attachment | None,
+        answer_by: Deadline,
     ) -> Job | None:
         """The job is admitted, saved and acknowledged first (nothing is fetched for a refused job), then
         its image is fetched and decoded within the decode bounds and stored, then it is queued."""
@@ -144,7 +159,12 @@ class ImagineCog(commands.Cog):
         return await submit_job(
             interaction,
             lambda ack: self._submit(
-                interaction, parsed, ack, expected=expected_origin(interaction), load_image=load_image
+                interaction,
+                parsed,
+                ack,
+                expected=expected_origin(interaction),
+                load_image=load_image,
+                answer_by=answer_by,
             ),
         )
 
@@ -179,9 +199,10 @@ class ConfirmJobs(discord.ui.View):
 
     @discord.ui.button(label="Yes, start them", style=discord.ButtonStyle.success)
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        answer_by = Deadline(ANSWER_BUDGET)
         if await self._already_answered(interaction):
             return
-        await self.cog.start_jobs(interaction, self.jobs, self.image)
+        await self.cog.start_jobs(interaction, self.jobs, self.image, answer_by)
         await self._disable(f"Starting {len(self.jobs)} jobs.")
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
