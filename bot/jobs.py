@@ -445,8 +445,9 @@ class JobService:
             pass  # a restarted process took it over
 
     async def _admission(self, job: Job, user_name: str, mode: str | None) -> Admission:
-        await self.quotas.users.get(job.user_id, user_name)
-        return await self.quotas.admit(job, mode, uses_engine=job.kind != JobKind.UPSCALE)
+        return await self.quotas.admit(
+            job, mode, uses_engine=job.kind != JobKind.UPSCALE, user_name=user_name
+        )
 
     async def _enqueue(self, job: Job) -> Job:
         job = await self.repo.transition(job.id, JobState.QUEUED)

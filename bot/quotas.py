@@ -20,12 +20,15 @@ from bot.tiers import Tier, TierConfig
 from engine.base import TILE_COUNT
 from storage.ledger import LedgerRepository
 from storage.models import Job, LedgerEntry, LedgerKind, Mode, User, as_utc
+from storage.standing import Standing, read_standing
 from storage.states import JobState
 from storage.users import UserRepository
 
 WAITING_STATES = (JobState.DRAFT, JobState.SUBMITTED, JobState.QUEUED)
 RUNNING_STATES = (JobState.PROCESSING, JobState.GENERATED, JobState.STORING)
 UNSUCCESSFUL_STATES = (JobState.FAILED, JobState.CANCELED, JobState.TIMED_OUT)
+STARTED_STATES = tuple(state for state in JobState if state not in UNSUCCESSFUL_STATES)
+"""What counts against the daily job limit: every job but those that ended without a result."""
 
 
 class AdmissionRefused(Exception):
@@ -105,15 +108,29 @@ class QuotaService:
         """Hold while admitting and creating a job, so two quick submits cannot both slip under a cap."""
         return self._locks[user_id]
 
-    async def admit(self, job: Job, requested_mode: str | None, *, uses_engine: bool = True) -> Admission:
-        """Decide for a job not yet saved (sizes and steps set). Raises ``AdmissionRefused``."""
-        user = await self.users.get(job.user_id)
+    async def admit(
+        self, job: Job, requested_mode: str | None, *, uses_engine: bool = True, user_name: str = ""
+    ) -> Admission:
+        """Decide for a job not yet saved (sizes and steps set). Raises ``AdmissionRefused``.
+
+        Everything it needs of the database is one read (``storage.standing``): it runs under the user's
+        lock, where a burst of clicks waits for every admission before it. A user never seen is created
+        first (``user_name``: their name, kept from then on).
+        """
+        now = self.now()
+        today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        standing = await self._standing(job.user_id, now, today)
+        if standing is None:
+            await self.users.get(job.user_id, user_name)
+            standing = await self._standing(job.user_id, now, today)
+            assert standing is not None, "the user's row was just created"
+        user = standing.user
         if user.banned:
             reason = f" ({user.ban_reason})" if user.ban_reason else ""
             raise AdmissionRefused(f"You are banned from using this bot{reason}.")
         if user.blocked_until is not None:
             until = as_utc(user.blocked_until)
-            if until > self.now():
+            if until > now:
                 raise AdmissionRefused(
                     f"You are blocked until <t:{int(until.timestamp())}:t> after repeated prompts against the rules."
                 )
@@ -127,24 +144,37 @@ class QuotaService:
             raise AdmissionRefused(
                 f"--steps {job.steps} is more than your {tier.name} tier allows ({tier.max_steps})."
             )
-        # one query: a job moving from waiting to running between two counts would be counted twice
-        unfinished = await self.users.count_jobs(user.id, WAITING_STATES + RUNNING_STATES)
-        if unfinished >= tier.max_queued:
+        if standing.unfinished_jobs >= tier.max_queued:
             raise AdmissionRefused(
-                f"Your queue is full: {unfinished} of {tier.max_queued} jobs are waiting or running "
+                f"Your queue is full: {standing.unfinished_jobs} of {tier.max_queued} jobs are waiting or running "
                 f"({tier.name} tier). Wait for one to finish or /cancel one."
             )
-        today = self.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        jobs_today = await self._jobs_since(user.id, today)
-        if jobs_today >= tier.daily_jobs:
+        if standing.jobs_since >= tier.daily_jobs:
             raise AdmissionRefused(
-                f"You have started {jobs_today} jobs today, the {tier.name} tier's daily limit. "
+                f"You have started {standing.jobs_since} jobs today, the {tier.name} tier's daily limit. "
                 f"It resets <t:{int(today.timestamp()) + 86400}:R>."
             )
-        return await self._choose_mode(user, tier, job, requested_mode, uses_engine)
+        return self._choose_mode(user, tier, job, requested_mode, uses_engine, standing.used_seconds, now)
 
-    async def _choose_mode(
-        self, user: User, tier: Tier, job: Job, requested: str | None, uses_engine: bool
+    async def _standing(self, user_id: int, now: datetime, today: datetime) -> Standing | None:
+        return await read_standing(
+            self.users.database,
+            user_id,
+            unfinished=WAITING_STATES + RUNNING_STATES,
+            started=STARTED_STATES,
+            since=today,
+            period_start=self.tiers.period_start(now),
+        )
+
+    def _choose_mode(
+        self,
+        user: User,
+        tier: Tier,
+        job: Job,
+        requested: str | None,
+        uses_engine: bool,
+        used: float,
+        now: datetime,
     ) -> Admission:
         mode = requested or user.mode or Mode.FAST
         if not uses_engine:
@@ -154,10 +184,9 @@ class QuotaService:
                 raise AdmissionRefused(f"Relax mode is not part of the {tier.name} tier; use --fast.")
             return Admission(tier, Mode.RELAX, 0.0)
         estimate = self.cost.estimate(job)
-        used = await self.ledger.used(user.id, self.tiers.period_start(self.now()))
         if used + estimate <= tier.fast_seconds:
             return Admission(tier, Mode.FAST, estimate)
-        resets = int(self.tiers.period_end(self.now()).timestamp())
+        resets = int(self.tiers.period_end(now).timestamp())
         if tier.relax:
             return Admission(
                 tier, Mode.RELAX, 0.0, note="Your fast time is used up: this job runs in relax mode."
@@ -168,8 +197,7 @@ class QuotaService:
         )
 
     async def _jobs_since(self, user_id: int, since: datetime) -> int:
-        states = [s for s in JobState if s not in UNSUCCESSFUL_STATES]
-        return await self.users.count_jobs(user_id, states, since=since)
+        return await self.users.count_jobs(user_id, STARTED_STATES, since=since)
 
     # -- ledger entries written together with job transitions ---------------------------------------
 

@@ -52,6 +52,8 @@ class JobRepository:
         """Insert a new job in DRAFT, its first transition and its quota reservation, in one transaction.
 
         ``at``: when it was accepted (default: now), the moment its reservation's quota period was taken from.
+        Every column is set here (none has a database default), so the job is not read back: this runs under
+        the user's admission lock, where each round trip counts (``bench/admission_burst.py``).
         """
         job.state = JobState.DRAFT
         job.created_at = job.updated_at = job.state_since = now = at or self.now()
@@ -60,7 +62,6 @@ class JobRepository:
             session.add(JobTransition(job_id=job.id, from_state=None, to_state=JobState.DRAFT, at=now))
             session.add_all(list(ledger))
             await session.commit()
-            await session.refresh(job)
         return job
 
     async def get(self, job_id: str) -> Job:
